@@ -142,6 +142,12 @@ class TrainConfig:
         0,
     )
     keep_checkpoints: int = _help("Checkpoints kept in the job folder; older ones are pruned.", 1)
+    keep_checkpoints_on_success: bool = _help(
+        "Keep the checkpoints after the run completes (they are removed by default to "
+        "save disk in large studies).",
+        False,
+    )
+    save_model: bool = _help("Save the best model's weights as best_model.pt in the job folder.", False)
     deterministic: bool = _help(
         "Ask torch for deterministic kernels (slower on GPU; CPU runs are deterministic anyway).",
         False,
