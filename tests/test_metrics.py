@@ -156,6 +156,7 @@ def test_running_values_match_degenerate(case, num_labels):
     assert running["f1"] == pytest.approx(corpus["f1"], abs=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:A single label was found:UserWarning")
 def test_mcc_one_class_disagrees_with_torchmetrics():
     """MCC is why running_metrics has no MCC and reports use sklearn: when labels and
     predictions are all one class, MCC is 0/0. sklearn returns 0.0; torchmetrics 1.9.0 with

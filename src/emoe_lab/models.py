@@ -389,7 +389,8 @@ def _dequantised_copy(model_cfg: Any, package_dir: Path, cache_dir: Path) -> Pat
         if importlib.util.find_spec(needed) is None:
             raise MissingPackageError(needed, f"reading the GGUF file of '{model_cfg.name}'")
 
-    log.info("dequantising %s into %s (once; takes about a minute on a CPU)", gguf_path, target)
+    log.info("dequantising %s into %s, once per GGUF file (1 to 2 min on a 2-core CPU)",
+             gguf_path, target)
     start = time.perf_counter()
     with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_path.name)

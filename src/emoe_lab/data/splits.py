@@ -61,8 +61,8 @@ def split_by_group(
     seed: int,
 ) -> dict[str, pd.DataFrame]:
     """Split rows into train, validation and test so that all rows of a group land in one
-    split. Groups are shuffled with `seed`, then taken for test until it contains at least
-    `test_fraction` of the rows, then for validation likewise; the rest is train."""
+    split. Groups are shuffled with `seed` and taken for test until it contains at least
+    `test_fraction` of the rows. Validation is filled the same way, and the rest is train."""
     groups = np.sort(frame[group_column].unique())
     np.random.default_rng(seed).shuffle(groups)
     sizes = frame.groupby(group_column).size()
