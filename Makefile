@@ -37,3 +37,34 @@ test-fast: $(STAMP) ## Run the tests not marked slow
 
 lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check src tests benchmarks
+
+# Studies: the ablation multiruns, their report, and the W&B runs they logged.
+# The newest multirun folder: the one whose multirun.yaml (rewritten at every multirun
+# start) changed last.
+LATEST_MULTIRUN = $(shell find multirun -name multirun.yaml -printf '%T@ %h\n' 2>/dev/null | sort -n | tail -n 1 | cut -d' ' -f2-)
+DIR ?= $(LATEST_MULTIRUN)
+NEED_DIR = @test -n "$(DIR)" || { echo "No multirun folder found under multirun/; pass DIR=<folder>." >&2; exit 2; }
+
+.PHONY: ablate-clusterers ablate-gating ablate-all report sync dashboard
+
+ablate-clusterers: $(STAMP) ## 5 clusterers with avg-k + dense, seeds 0-2, into multirun/clusterer_ablation; ARGS= adds overrides
+	$(PY) -m emoe_lab -m experiment=clusterer_ablation $(ARGS)
+
+ablate-gating: $(STAMP) ## 3 gatings on balanced k-means + dense, seeds 0-2, into multirun/gating_ablation; ARGS= adds overrides
+	$(PY) -m emoe_lab -m experiment=gating_ablation $(ARGS)
+
+ablate-all: $(STAMP) ## Every clusterer x every gating + dense, seeds 0-2, into multirun/full_matrix; ARGS= adds overrides
+	$(PY) -m emoe_lab -m experiment=full_matrix $(ARGS)
+
+report: $(STAMP) ## Write summary.csv, summary.md and figures into DIR (default: the newest multirun folder)
+	$(NEED_DIR)
+	$(PY) -m emoe_lab.report "$(DIR)"
+
+sync: $(STAMP) ## Upload the offline W&B runs under DIR (default: newest multirun) to wandb.ai; needs an account and `wandb login`
+	$(NEED_DIR)
+	@test -n "$$(find "$(DIR)" -type d -name 'offline-run-*' -print -quit)" || { echo "No offline W&B runs under $(DIR)." >&2; exit 1; }
+	find "$(DIR)" -type d -name 'offline-run-*' -print0 | xargs -0 $(VENV)/bin/wandb sync
+
+dashboard: $(STAMP) ## Browse the W&B runs under DIR (default: newest multirun) in the terminal with wandb leet
+	$(NEED_DIR)
+	$(VENV)/bin/wandb leet "$(DIR)"
