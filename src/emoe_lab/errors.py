@@ -12,10 +12,16 @@ class ConfigError(ValueError):
     def __init__(self, key: str, value: Any, expected: str, fix: str = "") -> None:
         self.key = key
         self.value = value
+        self.expected = expected
+        self.fix = fix
         message = f"invalid {key}={value!r}: expected {expected}."
         if fix:
             message += f" {fix}"
         super().__init__(message)
+
+    def __reduce__(self) -> tuple:
+        # Launchers such as joblib pickle a failed job's exception back to the main process.
+        return (type(self), (self.key, self.value, self.expected, self.fix))
 
 
 class MissingPackageError(ImportError):
@@ -28,3 +34,8 @@ class MissingPackageError(ImportError):
             f"Install it with: pip install {flag}{package}"
         )
         self.package = package
+        self.what = what
+        self.no_deps = no_deps
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.package, self.what, self.no_deps))
