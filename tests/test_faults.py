@@ -125,6 +125,7 @@ def _entrypoint(args: list[str], env: dict) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
     task = write_csv_task(tmp_path / "task", n=2400, num_labels=2, seed=0)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "EMOE_LAB_CACHE_DIR": str(tmp_path / "cache")}

@@ -110,7 +110,6 @@ def _optimizer(model: torch.nn.Module, train_cfg: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=train_cfg.lr)
 
 
-@torch.inference_mode()
 def evaluate(
     model: torch.nn.Module,
     dataset: Any,
@@ -126,18 +125,20 @@ def evaluate(
     hooks = hooks or Hooks()
     was_training = model.training
     model.eval()
+    # The hooks run outside inference mode: counters they create are updated in training too.
     hooks.before_eval(model)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     predictions, labels = [], []
-    for batch in tqdm(loader, desc=desc, leave=False, mininterval=2.0):
-        batch = _to_device(batch, device)
-        hooks.before_forward(model, batch)
-        target = batch.pop("labels")
-        logits = model(**batch).logits
-        predictions.append(
-            logits.squeeze(-1).float().cpu() if is_regression else logits.argmax(-1).cpu()
-        )
-        labels.append(target.cpu())
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=desc, leave=False, mininterval=2.0):
+            batch = _to_device(batch, device)
+            hooks.before_forward(model, batch)
+            target = batch.pop("labels")
+            logits = model(**batch).logits
+            predictions.append(
+                logits.squeeze(-1).float().cpu() if is_regression else logits.argmax(-1).cpu()
+            )
+            labels.append(target.cpu())
     stats = hooks.after_eval(model)
     model.train(was_training)
     metrics = compute_metrics(
