@@ -113,6 +113,24 @@ def test_neuron_budget_of_all_reproduces_dense(family, gating):
     torch.testing.assert_close(logits(model, ids), logits(dense, ids), atol=1e-5, rtol=0)
 
 
+def test_llama_with_mlp_bias_reproduces_dense():
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, vocab_size=1000, pad_token_id=0, num_labels=3,
+                         mlp_bias=True)
+    dense = LlamaForSequenceClassification(config).eval()
+    with torch.no_grad():
+        for block in dense.model.layers:
+            block.mlp.gate_proj.bias.normal_()
+            block.mlp.up_proj.bias.normal_()
+    model = copy.deepcopy(dense)
+    convert(model, "kmeans", top_k="all", layers=[0, 1])
+    ids = token_ids()
+    torch.testing.assert_close(logits(model, ids), logits(dense, ids), atol=1e-5, rtol=0)
+
+
 def ffn_weights(family: str, block) -> dict[str, torch.Tensor]:
     """W_in [d_ff, d], W_out [d, d_ff] and `paired`, the tensor whose rows follow W_in's
     neurons (b_in, or up_proj for Llama), of a block in a common layout."""
@@ -599,6 +617,11 @@ def test_cache_stores_dbscan_record(tmp_path):
                      clusterer_overrides=overrides)
     assert second[0]["cache_hit"] is True
     assert second[0]["dbscan"] == first[0]["dbscan"]
+
+
+def test_cache_off_in_config(tmp_path):
+    convert(tiny_model("bert"), "kmeans", cache_dir=tmp_path, cache=False)
+    assert not (tmp_path / "clusters").exists()
 
 
 def test_unreadable_cache_entry_is_recomputed(tmp_path):

@@ -101,7 +101,8 @@ def convert_model(
 
     For each layer: cluster the L2-normalised key vectors (or load the labels from
     `cache_dir`), permute the neurons so that experts are contiguous, and install the
-    expert layer with its gating. `cache_dir=None` turns the cache off.
+    expert layer with its gating. `cache_dir=None` or `moe_cfg.cache=False` turns the
+    cache off.
 
     Returns one record per converted layer with `layer`, `d_ff`, `num_experts`, `top_k`,
     `expert_sizes`, `clustering_seconds`, `cache_hit`, `clusterer`, `gating` and the
@@ -115,6 +116,9 @@ def convert_model(
         return []
     if not _is_int(seed) or seed < 0:
         raise ConfigError("seed", seed, "a non-negative integer", "Set seed to 0 or above.")
+
+    if not getattr(moe_cfg, "cache", True):
+        cache_dir = None
 
     family = family_of(model)
     blocks = family.blocks(model)
