@@ -573,6 +573,19 @@ def test_statistics_reset():
     assert stats["expert_load"] is None
 
 
+def test_statistics_across_inference_mode():
+    model = tiny_model("bert")
+    convert(model)
+    with torch.inference_mode():
+        reset_moe_statistics(model)
+        model(input_ids=token_ids(batch=2, length=5))
+    model.train()
+    model(input_ids=token_ids(batch=3, length=5)).logits.sum().backward()
+    with torch.inference_mode():
+        model(input_ids=token_ids(batch=1, length=5))
+    assert [stats["tokens"] for stats in moe_statistics(model)] == [30, 30]
+
+
 def test_statistics_off_graph():
     model = tiny_model("bert")
     convert(model, gating="learned")

@@ -97,12 +97,16 @@ class MoEFeedForward(nn.Module):
         selected = selected.reshape(-1, self.num_experts).to(torch.float64)
         if token_mask is not None:
             selected = selected * token_mask.reshape(-1, 1).to(torch.float64)
-            self._tokens += token_mask.sum()
+            tokens = token_mask.sum()
         else:
-            self._tokens += selected.shape[0]
+            tokens = selected.shape[0]
         sizes = self.gating.sizes.to(torch.float64)
-        self._active_neurons += (selected @ sizes).sum()
-        self._expert_tokens += selected.sum(dim=0)
+
+        # Out-of-place updates: counters made under torch.inference_mode() are inference
+        # tensors, which reject in-place updates once inference mode is left.
+        self._tokens = self._tokens + tokens
+        self._active_neurons = self._active_neurons + (selected @ sizes).sum()
+        self._expert_tokens = self._expert_tokens + selected.sum(dim=0)
 
     def _move_statistics(self, device: torch.device) -> None:
         self._tokens = self._tokens.to(device)
