@@ -102,6 +102,7 @@ def test_unwritable_wandb_folder_does_not_stop_run(tmp_path, tiny_task, caplog):
     assert "the run continues without W&B" in caplog.text
 
 
+@pytest.mark.slow
 def test_wandb_online_without_server_does_not_stop_run(tmp_path, tiny_task, monkeypatch, caplog):
     # Port 9 (discard) on loopback has no listener here, so every connection is refused.
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
