@@ -11,7 +11,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from emoe_lab.config import ModelConfig, TaskConfig
+from emoe_lab.config import ClustererConfig, GatingConfig, ModelConfig, MoEConfig, TaskConfig
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+SCHEMAS = {"moe": MoEConfig, "clusterer": ClustererConfig, "gating": GatingConfig}
 
 WORDS = {
     0: ["dull", "bad", "worst", "boring", "flat", "weak"],
@@ -172,3 +175,21 @@ def model_config(family: str = "bert", **overrides: Any) -> Any:
               "tiny": dict(TINY_SIZES)}
     fields.update(overrides)
     return OmegaConf.merge(OmegaConf.structured(ModelConfig), fields)
+
+
+def group_cfg(group: str, option: str, **overrides: Any) -> Any:
+    """A config group option as Hydra composes it: schema defaults, YAML, overrides."""
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(SCHEMAS[group]), OmegaConf.load(CONF / group / f"{option}.yaml")
+    )
+    for key, value in overrides.items():
+        cfg[key] = value
+    return cfg
+
+
+def tiny_model_from_conf(family: str, num_labels: int, seed: int = 0) -> Any:
+    """The tiny random model of `conf/model/tiny_<family>.yaml`."""
+    from emoe_lab.models import build_tiny_model
+
+    sizes = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"tiny_{family}.yaml").tiny)
+    return build_tiny_model(family, num_labels=num_labels, tiny=sizes, seed=seed)

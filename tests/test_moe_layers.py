@@ -5,17 +5,13 @@ statistics."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from scipy.stats import chisquare
 
-from emoe_lab.config import ClustererConfig, GatingConfig, MoEConfig
 from emoe_lab.errors import ConfigError
-from emoe_lab.models import build_tiny_model
 from emoe_lab.moe import (
     convert_model,
     moe_aux_loss,
@@ -25,29 +21,17 @@ from emoe_lab.moe import (
     select_experts,
     set_token_mask,
 )
+from helpers import group_cfg, tiny_model_from_conf
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 FAMILIES = ["bert", "gpt2", "llama"]
 CLUSTERERS = ["balanced_kmeans", "kmeans", "hierarchical", "dbscan", "random"]
-SCHEMAS = {"moe": MoEConfig, "clusterer": ClustererConfig, "gating": GatingConfig}
 D_FF = 64
 NUM_EXPERTS = 8
 
 
-def group_cfg(group: str, option: str, **overrides):
-    """A config group option as Hydra composes it: schema defaults, YAML, overrides."""
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(SCHEMAS[group]), OmegaConf.load(CONF / group / f"{option}.yaml")
-    )
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
-
 
 def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
-    sizes = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"tiny_{family}.yaml").tiny)
-    model = build_tiny_model(family, num_labels=3, tiny=sizes, seed=seed)
-    return model.eval()
+    return tiny_model_from_conf(family, num_labels=3, seed=seed).eval()
 
 
 def token_ids(batch: int = 4, length: int = 9, seed: int = 0) -> torch.Tensor:

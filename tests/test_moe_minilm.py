@@ -4,28 +4,15 @@ layers -1 and -3, with every expert selected, must give the dense model's logits
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from emoe_lab.config import ClustererConfig, GatingConfig, MoEConfig
 from emoe_lab.moe import convert_model, moe_statistics, reset_moe_statistics, set_token_mask
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-SCHEMAS = {"moe": MoEConfig, "clusterer": ClustererConfig, "gating": GatingConfig}
+from helpers import group_cfg
 
 pytestmark = pytest.mark.slow
 
-
-def group_cfg(group: str, option: str, **overrides):
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(SCHEMAS[group]), OmegaConf.load(CONF / group / f"{option}.yaml")
-    )
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
 
 
 @pytest.fixture(scope="module")

@@ -3,36 +3,18 @@ naming the key, the value, what is allowed and the fix, before any clustering st
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from omegaconf import OmegaConf
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
-from emoe_lab.config import ClustererConfig, GatingConfig, MoEConfig
 from emoe_lab.errors import ConfigError
-from emoe_lab.models import build_tiny_model
 from emoe_lab.moe import convert_model, moe_layers, validate_moe_config
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-SCHEMAS = {"moe": MoEConfig, "clusterer": ClustererConfig, "gating": GatingConfig}
-
-
-def group_cfg(group: str, option: str, **overrides):
-    """A config group option as Hydra composes it: schema defaults, YAML, overrides."""
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(SCHEMAS[group]), OmegaConf.load(CONF / group / f"{option}.yaml")
-    )
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
+from helpers import group_cfg, tiny_model_from_conf
 
 
 @pytest.fixture(scope="module")
 def model():
     """Tiny BERT: 4 layers, d_ff 64."""
-    sizes = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "tiny_bert.yaml").tiny)
-    return build_tiny_model("bert", num_labels=2, tiny=sizes, seed=0)
+    return tiny_model_from_conf("bert", num_labels=2)
 
 
 def raise_for(model, moe=None, clusterer=None, gating=None, clusterer_name="balanced_kmeans",
