@@ -1,5 +1,5 @@
 """One job of emoe_lab, as a list of stages: validate, load, convert, train, evaluate,
-record. Whatever happens, `results.json` says how the job ended and the W&B run is closed."""
+record. Whatever happens, `results.json` records how the job ended and the W&B run is closed."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     previous = read_results(results_path)
     if previous and previous.get("status") == "completed":
         if fingerprint(previous.get("config") or {}) == fingerprint(config):
-            log.info("Skipping %s: results.json says completed", output_dir)
+            log.info("Skipping %s: its results.json has status completed", output_dir)
             return previous
         log.warning("%s holds results of another config; running again", output_dir)
         ckpt.remove_checkpoints(output_dir)

@@ -43,9 +43,6 @@ class WandbTracker(Tracker):
         try:
             import wandb
 
-            # NOTE: wandb reads WANDB_MODE before the mode argument, so an exported
-            # WANDB_MODE=online would override logger.mode=offline; set it explicitly.
-            os.environ["WANDB_MODE"] = logger_cfg.mode
             os.environ.setdefault("WANDB_SILENT", "true")
             tags = [f"{key}={cell[key]}" for key in ("clusterer", "gating", "model", "task")]
             tags += [f"moe={cell['moe']}", f"seed={cell['seed']}"]
