@@ -110,3 +110,15 @@ def test_real_all_experts_equals_dense(tmp_path_factory, clusterer):
     converted = run_job(base + [f"clusterer={clusterer}", "moe.top_k=all"], shared / clusterer)
     assert converted["metrics"] == dense["metrics"]
     assert Path(dense_dir, RESULTS_FILE).exists()
+
+
+@pytest.mark.slow
+def test_real_dbscan_random_records_experts(tmp_path):
+    overrides = ["clusterer=dbscan", "gating=random", "train=smoke", "logger=none", f"cache_dir={tmp_path}"]
+    results = run_job(overrides, tmp_path / "job")
+    assert results["status"] == "completed"
+    for layer in results["moe"]["layers"]:
+        assert layer["num_experts"] == len(layer["expert_sizes"])
+        assert sum(layer["expert_sizes"]) == 1536
+        assert layer["dbscan"]["clusters_found"] >= 1
+        assert 0.0 < layer["active_fraction"] <= 1.0
