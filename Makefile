@@ -68,3 +68,13 @@ sync: $(STAMP) ## Upload the offline W&B runs under DIR (default: newest multiru
 dashboard: $(STAMP) ## Browse the W&B runs under DIR (default: newest multirun) in the terminal with wandb leet
 	$(NEED_DIR)
 	$(VENV)/bin/wandb leet "$(DIR)"
+
+# Benchmarks: each script prints its tables and writes benchmarks/results/<name>.json and .md.
+.PHONY: bench
+bench: $(STAMP) ## Run every benchmark in quick mode into benchmarks/results/ (about 40 minutes on a busy 2-core CPU)
+	$(PY) benchmarks/threads.py
+	$(PY) benchmarks/data_pipeline.py
+	$(PY) benchmarks/clustering.py
+	$(PY) benchmarks/evaluation.py
+	$(PY) benchmarks/step_time.py
+	$(PY) benchmarks/trainer_vs_loop.py
