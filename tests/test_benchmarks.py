@@ -151,3 +151,19 @@ def test_threads_probes_loky_workers(tiny_args, tmp_path):
     assert worker["pid"] != data["contexts"]["main process"]["pid"]
     assert worker["torch_threads"] >= 1
 
+
+def test_training_optimizer_is_fused_adamw():
+    from omegaconf import OmegaConf
+
+    from emoe_lab.models import build_tiny_model
+    from emoe_lab.train import _optimizer
+    from helpers import TINY_SIZES
+
+    model = build_tiny_model("bert", 2, dict(TINY_SIZES), seed=0)
+    optimizer = _optimizer(model, OmegaConf.create({"lr": 1e-4, "weight_decay": 0.01}))
+
+    # The loop's per-step cost measured by benchmarks/trainer_vs_loop.py assumes the fused
+    # kernel, which torch has for CPU since 2.4.
+    assert optimizer.defaults["fused"] is True
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.01, 0.0]
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(model.parameters()))
