@@ -21,6 +21,10 @@ REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
+# Measure the package of this checkout, also when the virtual environment's editable install
+# points at another one.
+sys.path.insert(0, str(REPO / "src"))
+
 # The package and hub code paths must never reach a network here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -159,8 +163,11 @@ def run_record(args: argparse.Namespace) -> dict[str, Any]:
     versions."""
     import torch
 
+    import emoe_lab
+
     return {
         "command": " ".join(shlex.quote(part) for part in [Path(sys.executable).name, *sys.argv]),
+        "package_path": str(Path(emoe_lab.__file__).parent),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "machine": machine_record(),

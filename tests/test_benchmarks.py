@@ -16,8 +16,8 @@ from helpers import write_csv_task
 
 BENCHMARKS = REPO / "benchmarks"
 RECORD_KEYS = {
-    "benchmark", "command", "date", "git_commit", "machine", "versions", "torch_threads",
-    "arguments",
+    "benchmark", "command", "package_path", "date", "git_commit", "machine", "versions",
+    "torch_threads", "arguments",
 }
 MACHINE_KEYS = {"cores", "cpu_model", "cpu_flags", "load_average_at_start", "load_average_at_end"}
 TIMING_KEYS = {"median_s", "min_s", "n", "times_s", "cpu_median_s", "cpu_min_s", "cpu_times_s"}
