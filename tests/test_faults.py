@@ -64,6 +64,8 @@ BAD_DATA_FILES = [
     ("empty", "", r"empty"),
     ("no_text_column", "review,label\ngood,1\nbad,0\n", r"text.*review"),
     ("unknown_label", "text,label\ngood,pos\nbad,neg\nmeh,maybe\n", r"maybe"),
+    ("unclosed_quote", 'text,label\n"good,1\nbad,0\n', r"well-formed CSV file"),
+    ("extra_field", "text,label\ngood,1\nbad,0,extra\n", r"well-formed CSV file"),
 ]
 
 

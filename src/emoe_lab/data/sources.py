@@ -232,13 +232,19 @@ def _read_local_table(path: Path, text_columns: list[str], label_column: str) ->
     if path.stat().st_size == 0:
         raise ConfigError("task.path", str(path), "a non-empty file", "The file is empty.")
 
-    if path.suffix == ".jsonl":
-        # dtype=False keeps each value as JSON typed it, so "1" stays a string.
-        frame = pd.read_json(path, lines=True, dtype=False)
-    else:
-        sep = "\t" if path.suffix == ".tsv" else ","
-        # Only empty cells are missing values; a text such as "NA" stays text.
-        frame = pd.read_csv(path, sep=sep, keep_default_na=False, na_values=[""])
+    try:
+        if path.suffix == ".jsonl":
+            # dtype=False keeps each value as JSON typed it, so "1" stays a string.
+            frame = pd.read_json(path, lines=True, dtype=False)
+        else:
+            sep = "\t" if path.suffix == ".tsv" else ","
+            # Only empty cells are missing values; a text such as "NA" stays text.
+            frame = pd.read_csv(path, sep=sep, keep_default_na=False, na_values=[""])
+    except ValueError as error:  # pandas' ParserError is a ValueError too
+        raise ConfigError(
+            "task.path", str(path), f"a well-formed {path.suffix[1:].upper()} file",
+            f"Parsing failed: {error}",
+        ) from error
     if frame.empty:
         raise ConfigError("task.path", str(path), "a file with at least one example row",
                           "The file has a header but no rows.")
