@@ -122,3 +122,13 @@ def test_real_dbscan_random_records_experts(tmp_path):
         assert sum(layer["expert_sizes"]) == 1536
         assert layer["dbscan"]["clusters_found"] >= 1
         assert 0.0 < layer["active_fraction"] <= 1.0
+
+
+def test_other_config_keeps_old_results(tmp_path, tiny_task):
+    overrides = tiny_overrides(tiny_task, tmp_path / "cache")
+    run_job(overrides, tmp_path / "job")
+    run_job(overrides + ["seed=5"], tmp_path / "job")
+    kept = list((tmp_path / "job").glob("results.*.json"))
+    assert len(kept) == 1
+    assert json.loads(kept[0].read_text())["cell"]["seed"] == 0
+    assert json.loads((tmp_path / "job" / RESULTS_FILE).read_text())["cell"]["seed"] == 5

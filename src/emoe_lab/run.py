@@ -81,7 +81,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if fingerprint(previous.get("config") or {}) == fingerprint(config):
             log.info("Skipping %s: its results.json has status completed", output_dir)
             return previous
-        log.warning("%s holds results of another config; running again", output_dir)
+        kept = results_path.with_name(f"results.{previous.get('finished_at', 'old')}.json".replace(":", "-"))
+        results_path.rename(kept)
+        log.warning(
+            "%s contains completed results of another config, kept as %s; running again",
+            output_dir, kept.name,
+        )
         ckpt.remove_checkpoints(output_dir)
 
     log.info("Config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
