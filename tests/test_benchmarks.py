@@ -167,3 +167,24 @@ def test_training_optimizer_is_fused_adamw():
     assert optimizer.defaults["fused"] is True
     assert [group["weight_decay"] for group in optimizer.param_groups] == [0.01, 0.0]
     assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_task_cache_hits_after_tokenising(tmp_path, caplog):
+    import logging
+
+    from emoe_lab.data import load_task
+    from emoe_lab.models import build_tiny_tokenizer
+    from helpers import task_config
+
+    # A fresh tokenizer: tokenising stores truncation settings in its backend, which must not
+    # change the cache key (benchmarks/data_pipeline.py times the cold and the warm load).
+    tokenizer = build_tiny_tokenizer(1000)
+    cfg = task_config(path=str(write_csv_task(tmp_path, n=40)))
+    first = load_task(cfg, tokenizer, 32, tmp_path / "cache")
+
+    with caplog.at_level(logging.INFO, logger="emoe_lab.data.tasks"):
+        second = load_task(cfg, tokenizer, 32, tmp_path / "cache")
+
+    assert "cache hit" in caplog.text
+    assert len(list((tmp_path / "cache" / "tokenized").iterdir())) == 1
+    assert first.train["input_ids"] == second.train["input_ids"]

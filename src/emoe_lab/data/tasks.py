@@ -341,13 +341,20 @@ def _cache_folder(
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """Hash what decides the token ids: the tokenizer class, its model inputs and its full
-    serialisation (vocabulary, normaliser, special-token template)."""
+    """Hash what decides the token ids: the tokenizer class, its model inputs and its
+    serialisation (vocabulary, normaliser, special-token template) without the truncation
+    and padding settings of the last call."""
     digest = hashlib.sha256(type(tokenizer).__name__.encode())
     digest.update(json.dumps(list(tokenizer.model_input_names)).encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        digest.update(backend.to_str().encode())
+        serialised = json.loads(backend.to_str())
+        # Every call of a fast tokenizer stores its truncation and padding settings in the
+        # backend, and _tokenize passes its own, so they are left out: with them, a second
+        # load in the same process would get a new key and tokenise again.
+        for per_call_setting in ("truncation", "padding"):
+            serialised.pop(per_call_setting, None)
+        digest.update(json.dumps(serialised, sort_keys=True).encode())
     else:
         digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     return digest.hexdigest()
