@@ -98,21 +98,39 @@ def padding_record(cfg: Any, task: Any, tokenizer: Any, args: Any) -> dict[str, 
     fixed = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=cfg.model.max_length,
                                     return_tensors="pt")
     chunks = epoch_chunks(len(task.train), args.batch_size, args.seed)
-    real = padded = 0
-    for chunk in chunks:
-        lengths = [len(ids) for ids in task.train[chunk]["input_ids"]]
-        real += sum(lengths)
-        padded += max(lengths) * len(lengths)
+    all_lengths = [len(ids) for ids in task.train["input_ids"]]
+    real = sum(all_lengths)
+    padded = padded_tokens(chunks, all_lengths)
+    grouped = padded_tokens(length_grouped(chunks, all_lengths, args.batch_size), all_lengths)
     fixed_tokens = len(task.train) * cfg.model.max_length
     record: dict[str, Any] = {
         "batches": len(chunks), "real_tokens": real, "tokens_padded_per_batch": padded,
-        "tokens_padded_to_max_length": fixed_tokens,
-        "padding_share_per_batch": 1 - real / padded, "padding_share_to_max_length": 1 - real / fixed_tokens,
+        "tokens_padded_length_grouped": grouped, "tokens_padded_to_max_length": fixed_tokens,
+        "padding_share_per_batch": 1 - real / padded,
+        "padding_share_length_grouped": 1 - real / grouped,
+        "padding_share_to_max_length": 1 - real / fixed_tokens,
     }
     if args.step_rounds > 0:
         record["steps"] = time_steps(cfg, task, chunks, {"per batch": per_batch, "to max_length": fixed},
                                      args.step_rounds)
     return record
+
+
+def padded_tokens(chunks: list[list[int]], lengths: list[int]) -> int:
+    """Tokens of the batches `chunks` (lists of example indices) padded per batch."""
+    return sum(max(lengths[i] for i in chunk) * len(chunk) for chunk in chunks)
+
+
+def length_grouped(chunks: list[list[int]], lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Regroup the epoch's order into batches of similar lengths, as transformers'
+    LengthGroupedSampler does: sort each run of 50 batches by length and cut it again."""
+    order = [index for chunk in chunks for index in chunk]
+    span = 50 * batch_size
+    grouped = []
+    for start in range(0, len(order), span):
+        block = sorted(order[start : start + span], key=lambda index: -lengths[index])
+        grouped += [block[i : i + batch_size] for i in range(0, len(block), batch_size)]
+    return grouped
 
 
 def epoch_chunks(size: int, batch_size: int, seed: int) -> list[list[int]]:
@@ -172,9 +190,17 @@ def render(results: dict[str, Any]) -> str:
         ),
         "",
         f"One training epoch in batches of {results['settings']['batch_size']}: "
-        f"{padding['real_tokens']} real tokens; padded per batch {padding['tokens_padded_per_batch']} "
-        f"({padding['padding_share_per_batch']:.1%} padding), padded to max_length "
-        f"{padding['tokens_padded_to_max_length']} ({padding['padding_share_to_max_length']:.1%} padding)",
+        f"{padding['real_tokens']} real tokens",
+        "",
+        harness.format_table(
+            ["padding", "tokens", "padding share"],
+            [["per batch (the run's collator)", padding["tokens_padded_per_batch"],
+              f"{padding['padding_share_per_batch']:.1%}"],
+             ["per batch, batches grouped by length (not used by runs)",
+              padding["tokens_padded_length_grouped"], f"{padding['padding_share_length_grouped']:.1%}"],
+             ["to max_length", padding["tokens_padded_to_max_length"],
+              f"{padding['padding_share_to_max_length']:.1%}"]],
+        ),
     ]
     if "steps" in padding:
         lines += [

@@ -137,6 +137,8 @@ def test_data_pipeline_counts_padding(tiny_args, tmp_path):
                       tmp_path / "data_pipeline.json")
 
     padding = data["padding"]
+    assert padding["real_tokens"] <= padding["tokens_padded_length_grouped"]
+    assert padding["tokens_padded_length_grouped"] <= padding["tokens_padded_per_batch"]
     assert padding["real_tokens"] <= padding["tokens_padded_per_batch"]
     assert padding["tokens_padded_per_batch"] <= padding["tokens_padded_to_max_length"]
     assert set(padding["steps"]) == {"per batch", "to max_length"}
