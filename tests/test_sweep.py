@@ -307,7 +307,7 @@ def test_matrix_through_entrypoint(tmp_path):
     started = {name: data["started_at"] for name, data in results.items()}
     second = run_entrypoint(tmp_path)
     assert second.returncode == 1
-    assert (second.stdout + second.stderr).count("results.json says completed") == 4
+    assert (second.stdout + second.stderr).count("results.json has status completed") == 4
     rerun = read_results(sweep)
     for name, data in rerun.items():
         if data["status"] == "completed":
