@@ -14,7 +14,7 @@ import pytest
 
 from emoe_lab.report import main as report_main
 from emoe_lab.report import write_report
-from emoe_lab.report_data import load_results, paired_difference, summarise
+from emoe_lab.report_data import ReportInputError, load_results, paired_difference, summarise
 
 # Seeds 0, 1, 2 of dense fine-tuning and of EMoE (balanced k-means + avg-k).
 DENSE_ACCURACY = [0.80, 0.82, 0.78]
@@ -38,6 +38,7 @@ def write_result(
     task: str = "local",
     finished_at: str = "2026-01-01T00:00:00+00:00",
     folder: str | None = None,
+    config: dict | None = None,
 ) -> Path:
     """Write one results.json of schema version 1 and return its path."""
     dense = moe == "dense"
@@ -84,7 +85,7 @@ def write_result(
         "steps": 2,
         "cell": cell,
         "moe": {"layers": layers, "active_fraction": 1.0 if dense else 0.5},
-        "config": {},
+        "config": config or {},
         "overrides": [],
         "timings": {},
         "output_dir": "",
@@ -259,6 +260,71 @@ def test_duplicate_prefers_completed(study):
     assert all(
         r.status == "completed" for r in collection.records if r.cell["clusterer"] == "balanced_kmeans"
     )
+
+
+def lr_study(root: Path, emoe_lrs: dict[int, float], dense_lr: float = 1e-4) -> Path:
+    """Dense on seeds 0-1 at `dense_lr`, and EMoE runs at the learning rate of each
+    (folder index -> lr) with seed index % 2, in one folder."""
+    for seed in range(2):
+        write_result(root, seed=seed, moe="dense", config={"train": {"lr": dense_lr}, "seed": seed})
+    for index, lr in emoe_lrs.items():
+        write_result(
+            root, seed=index % 2, accuracy=0.8 + index / 100, folder=f"run{index}",
+            config={"train": {"lr": lr, "log_every": index}, "seed": index % 2},
+        )
+    return root
+
+
+def test_rows_mixing_configs_are_refused(tmp_path, caplog):
+    root = lr_study(tmp_path / "mixed", {0: 1e-4, 1: 1e-4, 2: 5e-5, 3: 5e-5})
+
+    with pytest.raises(ReportInputError, match=r"train\.lr: 0\.0001 in 4 run\(s\).*5e-05 in 2 run") as error:
+        load_results(root)
+    assert "--where train.lr=" in str(error.value)
+    # The inert key that differs (train.log_every) is not named.
+    assert "log_every" not in str(error.value)
+
+    assert report_main([str(root), "--no-figures"]) == 2
+    assert "differ in these config keys" in caplog.text
+    assert not (root / "summary.md").exists()
+
+
+def test_where_selects_one_setting(tmp_path):
+    root = lr_study(tmp_path / "mixed", {0: 1e-4, 1: 1e-4, 2: 5e-5, 3: 5e-5})
+
+    collection = load_results(root, where=["train.lr=1e-4"])
+    emoe = row_of(summarise(collection.records), moe="emoe")
+    assert emoe["n_seeds"] == 2
+    assert emoe["test/accuracy_mean"] == pytest.approx(0.81 + 0.005)
+    assert emoe["test/accuracy_pairs"] == 2
+    assert report_main([str(root), "--no-figures", "--where", "train.lr=0.0001"]) == 0
+
+
+def test_dense_baseline_at_another_budget_is_refused(tmp_path):
+    root = lr_study(tmp_path / "mixed", {0: 5e-5, 1: 5e-5}, dense_lr=1e-4)
+    with pytest.raises(ReportInputError, match="train.lr"):
+        load_results(root)
+
+
+def test_dense_runs_ignore_expert_sections(tmp_path):
+    root = tmp_path / "dense"
+    for seed, clusterer in enumerate(["balanced_kmeans", "kmeans"]):
+        write_result(root, seed=seed, moe="dense", config={"clusterer": {"name": clusterer}})
+    assert len(load_results(root).records) == 2
+
+
+@pytest.mark.parametrize(
+    ("term", "message"),
+    [
+        ("train.lr", "is not KEY=VALUE"),
+        ("train.rate=1e-4", "no results file has this config key"),
+        ("train.lr=3e-4", "no run matches --where train.lr=3e-4"),
+    ],
+)
+def test_bad_where_term(tmp_path, caplog, term, message):
+    root = lr_study(tmp_path / "mixed", {0: 1e-4, 1: 1e-4})
+    assert report_main([str(root), "--no-figures", "--where", term]) == 2
+    assert message in caplog.text
 
 
 def test_figures_written(study):

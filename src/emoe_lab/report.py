@@ -35,13 +35,17 @@ class ReportFiles:
 
 
 def write_report(
-    root: Path, out_dir: Path | None = None, figures: bool = True, figure_metrics: Sequence[str] = ()
+    root: Path,
+    out_dir: Path | None = None,
+    figures: bool = True,
+    figure_metrics: Sequence[str] = (),
+    where: Sequence[str] = (),
 ) -> ReportFiles:
-    """Read the results under `root` and write summary.csv, summary.md and the figures
-    into `out_dir` (default `root`)."""
+    """Read the results under `root` (those matching every `KEY=VALUE` of `where`) and
+    write summary.csv, summary.md and the figures into `out_dir` (default `root`)."""
     root = Path(root)
     out_dir = Path(out_dir) if out_dir is not None else root
-    collection = load_results(root)
+    collection = load_results(root, where)
     summary = summarise(collection.records)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -77,17 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="Metric to plot, e.g. test/accuracy; repeat for several (default: every test/ "
         "metric, or every validation/ metric when there is no test split).",
     )
+    parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Summarise only the runs whose config has this value, e.g. --where train.lr=1e-4; "
+        "repeat for several. Needed when one folder holds runs of different settings.",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the report. Exit status 0 when a summary was written, 2 when the input folder
-    is missing, contains no results file, or contains no usable one."""
+    is missing, contains no results file or no usable one, or mixes runs of different
+    configs in one row (select one with --where)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     try:
-        files = write_report(args.dir, args.out, figures=not args.no_figures, figure_metrics=args.metric)
+        files = write_report(
+            args.dir, args.out, figures=not args.no_figures, figure_metrics=args.metric, where=args.where
+        )
     except ReportInputError as error:
         log.error("%s", error)
         return 2

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 from scipy import stats
 
 from .results import RESULTS_FILE, SCHEMA_VERSION
@@ -35,6 +36,21 @@ METRIC_ORDER = ("accuracy", "f1", "f1_binary", "mcc", "pearson", "spearman")
 
 CONFIDENCE = 0.95
 
+# Config keys that do not change what a run computes. Runs that differ only in these (or
+# in the seed) share a summary row.
+INERT_KEYS = frozenset({
+    "seed", "study", "cache_dir",
+    "train.device", "train.num_workers", "train.eval_batch_size", "train.log_every",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.keep_checkpoints_on_success",
+    "train.save_model", "train.torch_threads",
+})
+INERT_SECTIONS = ("logger",)
+# Sections that every run of one model and task must share, since the paired difference
+# compares each row with dense fine-tuning at the same budget.
+SHARED_SECTIONS = ("model", "task", "train")
+# Sections that a dense run carries but does not use.
+EXPERT_SECTIONS = ("moe", "clusterer", "gating")
+
 
 @dataclass
 class RunRecord:
@@ -48,6 +64,18 @@ class RunRecord:
     layer_sizes: list[list[int]]
     error: str
     finished_at: str
+    # The run's resolved config as flat dotted keys, e.g. {"train.lr": 0.0001}.
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def settings(self) -> dict[str, Any]:
+        """The config keys that decide what the run computes: all of them but the seed
+        and the inert ones, and for dense runs none of the expert sections."""
+        skip = INERT_SECTIONS + (EXPERT_SECTIONS if self.cell["moe"] == "dense" else ())
+        return {
+            key: value
+            for key, value in self.config.items()
+            if key not in INERT_KEYS and key.split(".", 1)[0] not in skip
+        }
 
     def group(self) -> tuple[str, ...]:
         return tuple(self.cell[key] for key in GROUP_KEYS)
@@ -76,6 +104,17 @@ class ReportInputError(Exception):
 
 
 # ---------------------------------------------------------------------------- reading
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts into dotted keys; lists and scalars are leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _cell_value(value: Any) -> str:
@@ -122,6 +161,7 @@ def parse_record(path: Path, data: Any) -> RunRecord:
         layer_sizes=[list(layer.get("expert_sizes") or []) for layer in layers],
         error=f"{error.get('type', '')}: {error.get('message', '')}" if error else "",
         finished_at=str(data.get("finished_at") or data.get("started_at") or ""),
+        config=flatten(data.get("config") or {}),
     )
 
 
@@ -170,9 +210,114 @@ def drop_duplicates(collection: Collection) -> None:
     collection.records = list(best.values())
 
 
-def load_results(root: Path) -> Collection:
-    """Read every results.json under `root`, recursively. Raise ReportInputError when
-    `root` is not a folder or contains no results file."""
+def matches(value: Any, wanted: str) -> bool:
+    """Whether a config value equals `wanted`, a value as written on a command line:
+    `1e-4` matches 0.0001, `true` matches True, `[-1,-3]` matches [-1, -3]."""
+    parsed = yaml.safe_load(wanted)
+    if parsed == value or str(value) == wanted:
+        return True
+    if isinstance(value, bool) or isinstance(parsed, bool):
+        return False
+    try:
+        return float(parsed) == float(value)
+    except (TypeError, ValueError):
+        return False
+
+
+def parse_where(terms: Sequence[str]) -> dict[str, str]:
+    """Parse `KEY=VALUE` terms; raise ReportInputError naming a term without `=`."""
+    where = {}
+    for term in terms:
+        key, sep, value = term.partition("=")
+        if not sep or not key:
+            raise ReportInputError(f"--where {term!r} is not KEY=VALUE, e.g. --where train.lr=1e-4")
+        where[key.strip()] = value.strip()
+    return where
+
+
+def select(records: list[RunRecord], where: dict[str, str]) -> list[RunRecord]:
+    """Keep the records whose config matches every `where` term. Raise ReportInputError
+    for a key that no record has, or when no record matches."""
+    for key in where:
+        if not any(key in record.config for record in records):
+            raise ReportInputError(
+                f"--where {key}: no results file has this config key. Keys are dotted paths of "
+                "the run config, e.g. train.lr or moe.layers."
+            )
+    kept = [
+        record for record in records
+        if all(key in record.config and matches(record.config[key], value) for key, value in where.items())
+    ]
+    if not kept:
+        terms = " ".join(f"{key}={value}" for key, value in where.items())
+        raise ReportInputError(f"no run matches --where {terms}")
+    return kept
+
+
+@dataclass
+class Conflict:
+    """A config key whose value differs between runs that would share a summary row or
+    be compared with the same dense baseline."""
+
+    key: str
+    # value as text -> the runs that have it
+    runs: dict[str, list[Path]]
+
+
+def find_conflicts(records: Sequence[RunRecord]) -> list[Conflict]:
+    """Return the config keys that differ within a summary row (any key but the seed and
+    the inert ones) or between runs of one model and task (the model, task and train
+    sections), with the runs holding each value."""
+    scopes: dict[tuple, list[tuple[RunRecord, dict[str, Any]]]] = {}
+    for record in records:
+        settings = record.settings()
+        shared = {k: v for k, v in settings.items() if k.split(".", 1)[0] in SHARED_SECTIONS}
+        scopes.setdefault(("row", *record.group()), []).append((record, settings))
+        scopes.setdefault(("task", *record.group()[:2]), []).append((record, shared))
+
+    runs_by_key: dict[str, dict[str, set[Path]]] = {}
+    for members in scopes.values():
+        keys = set().union(*(settings for _, settings in members))
+        for key in keys:
+            values: dict[str, set[Path]] = {}
+            for record, settings in members:
+                text = json.dumps(settings[key]) if key in settings else "(absent)"
+                values.setdefault(text, set()).add(record.path)
+            if len(values) > 1:
+                merged = runs_by_key.setdefault(key, {})
+                for text, paths in values.items():
+                    merged.setdefault(text, set()).update(paths)
+    return [
+        Conflict(key, {text: sorted(paths) for text, paths in sorted(values.items())})
+        for key, values in sorted(runs_by_key.items())
+    ]
+
+
+def conflict_message(conflicts: Sequence[Conflict], limit: int = 8) -> str:
+    lines = ["runs that would share a summary row, or a dense baseline, differ in these config keys:"]
+    for conflict in conflicts[:limit]:
+        parts = [
+            f"{text} in {len(paths)} run(s), e.g. {paths[0].parent.name}"
+            for text, paths in conflict.runs.items()
+        ]
+        lines.append(f"  {conflict.key}: " + "; ".join(parts))
+    if len(conflicts) > limit:
+        lines.append(f"  ... and {len(conflicts) - limit} more keys")
+    example = conflicts[0]
+    value = next(iter(example.runs))
+    lines.append(
+        "A row averages over seeds only, so these runs cannot be summarised together. Report one "
+        f"setting at a time with --where KEY=VALUE (e.g. --where {example.key}={value}), or pass "
+        "a folder that holds runs of one setting."
+    )
+    return "\n".join(lines)
+
+
+def load_results(root: Path, where: Sequence[str] = ()) -> Collection:
+    """Read every results.json under `root`, recursively, keeping the runs whose config
+    matches every `KEY=VALUE` term of `where`. Raise ReportInputError when `root` is not a
+    folder or contains no results file, or when runs of different configs would share a
+    summary row or a dense baseline."""
     root = Path(root)
     if not root.exists():
         raise ReportInputError(
@@ -191,6 +336,11 @@ def load_results(root: Path) -> Collection:
     collection = Collection()
     for path in paths:
         read_one(path, collection)
+    if where and collection.records:
+        collection.records = select(collection.records, parse_where(where))
+    conflicts = find_conflicts(collection.records)
+    if conflicts:
+        raise ReportInputError(conflict_message(conflicts))
     drop_duplicates(collection)
     return collection
 
