@@ -40,6 +40,11 @@ def parse_args(argv: list[str] | None) -> Any:
     )
     parser.add_argument("--layer-warmup", type=int, default=3, help="Untimed layer passes first.")
     parser.add_argument(
+        "--profile-passes", type=int, default=3,
+        help="Layer passes per variant run under torch.profiler to list the costliest operators; "
+        "0 skips the profile.",
+    )
+    parser.add_argument(
         "--variants", nargs="+", default=[*VARIANTS, NO_STATISTICS],
         help=f"Variants to time (dense is always included): {', '.join([*VARIANTS, NO_STATISTICS])}.",
     )
@@ -96,10 +101,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             dense_step = step_summary["dense"][f"{clock}median_s"]
             dense_layer = layer_summary["dense"][f"{clock}median_s"]
             for entry in layer_summary.values():
-                extra = entry[f"{clock}median_s"] - dense_layer
+                # From the paired ratio, which drifts less than a difference of medians.
+                extra = (entry[f"{clock}ratio_median"] - 1) * dense_layer
                 entry[f"{clock}extra_ms_per_layer"] = extra * 1e3
                 # The share of a dense step that the extra time of every converted layer adds.
                 entry[f"{clock}predicted_step_ratio"] = 1 + extra * len(layers) / dense_step
+
+    profiles = {}
+    if args.layer_rounds > 0 and args.profile_passes > 0:
+        profiles = {name: profile_operators(jobs[name].layer_pass(layers[0], layer_input),
+                                            args.profile_passes)
+                    for name in names}
 
     results = record | {
         "settings": {
@@ -113,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "expert_sizes": {name: job.expert_sizes for name, job in jobs.items()},
         "step": step_summary,
         "layer": layer_summary,
+        "layer_profile": profiles,
         "goal": {
             "max_step_ratio": GOAL_RATIO,
             "met_wall": {name: entry["ratio_median"] <= GOAL_RATIO for name, entry in step_summary.items()},
@@ -220,6 +233,24 @@ class TrainingJob:
         return run
 
 
+def profile_operators(run: Any, passes: int, top: int = 8) -> list[dict[str, Any]]:
+    """Run `passes` layer passes under torch.profiler and return the `top` operators by
+    self CPU time, in milliseconds and calls per pass."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run(0)
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for index in range(passes):
+            run(index)
+    events = sorted(profiler.key_averages(), key=lambda event: event.self_cpu_time_total,
+                    reverse=True)
+    return [
+        {"operator": event.key, "self_ms_per_pass": event.self_cpu_time_total / 1e3 / passes,
+         "calls_per_pass": event.count / passes}
+        for event in events[:top]
+    ]
+
+
 def capture_layer_input(model: Any, batch: dict, layer: int) -> tuple[Any, Any]:
     """Capture the hidden states [batch, seq, d] entering block `layer`'s FFN on a real
     batch; return them with the batch's attention mask."""
@@ -271,6 +302,17 @@ def render(results: dict[str, Any]) -> str:
                   entry["cpu_extra_ms_per_layer"], entry["predicted_step_ratio"],
                   entry["cpu_predicted_step_ratio"]]
                  for name, entry in results["layer"].items()],
+            ),
+        ]
+    if results["layer_profile"]:
+        lines += [
+            "",
+            "Costliest operators of one layer pass (self CPU ms per pass, torch.profiler)",
+            "",
+            harness.format_table(
+                ["variant", "operators"],
+                [[name, ", ".join(f"{op['operator']} {op['self_ms_per_pass']:.1f}" for op in ops)]
+                 for name, ops in results["layer_profile"].items()],
             ),
         ]
     return "\n".join(lines)

@@ -65,6 +65,8 @@ def test_step_time_records_every_variant(tiny_args, tmp_path):
         assert entry["n"] == 2
     for entry in data["layer"].values():
         assert {"extra_ms_per_layer", "predicted_step_ratio", "cpu_predicted_step_ratio"} <= entry.keys()
+    assert set(data["layer_profile"]) == expected
+    assert data["layer_profile"]["dense"][0]["self_ms_per_pass"] >= 0
     assert data["step"]["dense"]["ratio_median"] == 1.0
     assert data["settings"]["converted_layers"] == [3, 1]
     assert set(data["goal"]["met_wall"]) == expected
