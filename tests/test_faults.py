@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -90,6 +91,9 @@ def test_nan_loss_fails_with_step_and_advice(tmp_path, tiny_task):
     results = json.loads((out / RESULTS_FILE).read_text())
     assert results["status"] == "failed"
     assert "Lower train.lr" in results["error"]["message"]
+    # The steps done before the failing one are recorded.
+    failing_step = int(re.search(r"at step (\d+)", results["error"]["message"]).group(1))
+    assert results["steps"] == failing_step - 1
     assert (out / "config_resolved.yaml").exists()
 
 
@@ -154,6 +158,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
     assert job.wait(timeout=120) == 128 + signal.SIGTERM, job.stdout.read()
     stopped = json.loads((interrupted_dir / RESULTS_FILE).read_text())
     assert stopped["status"] == "interrupted"
+    assert stopped["steps"] >= 20
     assert list(checkpoints.glob("step-*.pt"))
 
     resumed = _entrypoint(args + [f"hydra.run.dir={interrupted_dir}"], env)

@@ -188,6 +188,7 @@ def _pipeline(cfg, config, cell, output_dir, recorder, stop, group, name, tracke
             is_regression=task.is_regression, num_labels=task.num_labels,
             output_dir=output_dir, tracker=tracker, stop=stop,
             config_fingerprint=fingerprint(config), hooks=hooks,
+            on_progress=lambda progress: recorder.update(**progress),
         )
     timings["train_seconds"] = result.train_seconds
     timings["eval_seconds"] = result.eval_seconds

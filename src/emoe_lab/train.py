@@ -170,8 +170,12 @@ def fit(
     stop: StopRequest,
     config_fingerprint: str,
     hooks: Hooks | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
-    """Fine-tune `model` in place and load the best epoch's weights into it at the end."""
+    """Fine-tune `model` in place and load the best epoch's weights into it at the end.
+    `on_progress` receives the steps done, the validation history and the best epoch
+    after each epoch and when the loop stops for any reason, so that a record of the job
+    shows how far it got."""
     hooks = hooks or Hooks()
     device = next(model.parameters()).device
     steps_per_epoch = math.ceil(len(train_set) / train_cfg.batch_size)
@@ -227,6 +231,12 @@ def fit(
             state.update(best_epoch=epoch, best_metrics=metrics, moe_stats=stats)
             state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
+    def report_progress() -> None:
+        if on_progress is not None:
+            on_progress(
+                {"steps": state["step"], "history": list(state["history"]), "best_epoch": state["best_epoch"]}
+            )
+
     if total_steps == 0 and state["best_metrics"] is None:
         log.info("train.max_steps=0: evaluating the model without training")
         validate(0)
@@ -275,8 +285,10 @@ def fit(
             validate(epoch + 1)
             started = time.perf_counter()
             save(state)
+            report_progress()
     finally:
         progress.close()
+        report_progress()
 
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
