@@ -172,6 +172,29 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
     assert final["history"] == expected["history"]
 
 
+def test_signal_during_conversion_stops_before_training(tmp_path, tiny_task, monkeypatch):
+    from emoe_lab import moe
+
+    convert = moe.convert_model
+
+    def convert_then_signal(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return convert(*args, **kwargs)
+
+    monkeypatch.setattr(moe, "convert_model", convert_then_signal)
+    out = tmp_path / "job"
+    with pytest.raises(SystemExit) as exit_info:
+        run_job(tiny_overrides(tiny_task, tmp_path / "cache"), out)
+    assert exit_info.value.code == 128 + signal.SIGTERM
+
+    results = json.loads((out / RESULTS_FILE).read_text())
+    assert results["status"] == "interrupted"
+    assert results["steps"] == 0
+    assert "after the conversion, before training; cluster labels are cached" in results["error"]["message"]
+    assert len(results["moe"]["layers"]) == 2
+    assert not (out / "checkpoints").exists() or not list((out / "checkpoints").iterdir())
+
+
 def test_errors_survive_pickling():
     import pickle
 

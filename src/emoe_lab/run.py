@@ -145,6 +145,7 @@ def _pipeline(cfg, config, cell, output_dir, recorder, stop, group, name, tracke
     with stage(f"Loading model {cfg.model.name}", timings, "load_seconds"):
         problem_type = "regression" if task.is_regression else None
         model = load_model(cfg.model, task.num_labels, cache_dir, problem_type)
+    stop.check("after loading the task and the model, before training")
 
     hooks = Hooks()
     layer_reports: list[dict[str, Any]] = []
@@ -174,6 +175,8 @@ def _pipeline(cfg, config, cell, output_dir, recorder, stop, group, name, tracke
             after_eval=lambda m: {"layers": moe.moe_statistics(m)},
         )
         recorder.update(moe={"layers": layer_reports, "active_fraction": None})
+        cached = "; cluster labels are cached" if cfg.moe.cache else ""
+        stop.check(f"after the conversion, before training{cached}")
 
     model.to(device)
     collate = make_collator(tokenizer)

@@ -30,18 +30,24 @@ class TrainingError(RuntimeError):
 
 
 class Interrupted(Exception):
-    """The job received SIGINT or SIGTERM; a checkpoint was saved before this was raised."""
+    """The job received SIGINT or SIGTERM. `where` says how far it got and what was saved."""
 
-    def __init__(self, signal_name: str, step: int) -> None:
-        super().__init__(f"received {signal_name} at step {step}; checkpoint saved")
+    def __init__(self, signal_name: str, where: str) -> None:
+        super().__init__(f"received {signal_name} {where}")
         self.signal_name = signal_name
 
 
 @dataclass
 class StopRequest:
-    """Set by the signal handler; the loop checks it after every optimiser step."""
+    """Set by the signal handler. The training loop checks it after every optimiser step
+    and the run between its stages before training."""
 
     signal_name: str | None = None
+
+    def check(self, where: str) -> None:
+        """Raise Interrupted when a signal has arrived."""
+        if self.signal_name is not None:
+            raise Interrupted(self.signal_name, where)
 
 
 @contextmanager
@@ -51,7 +57,7 @@ def stop_on_signals() -> Iterator[StopRequest]:
 
     def handle(signum: int, _frame: Any) -> None:
         request.signal_name = signal.Signals(signum).name
-        log.warning("Received %s: saving a checkpoint and stopping", request.signal_name)
+        log.warning("Received %s: stopping at the next step or stage", request.signal_name)
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -274,7 +280,7 @@ def fit(
                 if stop.signal_name is not None:
                     state["train_seconds"] += time.perf_counter() - started
                     save(state)
-                    raise Interrupted(stop.signal_name, state["step"])
+                    raise Interrupted(stop.signal_name, f"at step {state['step']}; checkpoint saved")
                 if train_cfg.checkpoint_every and state["step"] % train_cfg.checkpoint_every == 0:
                     save(state)
                 if state["step"] >= total_steps:
