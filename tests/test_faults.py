@@ -195,6 +195,18 @@ def test_signal_during_conversion_stops_before_training(tmp_path, tiny_task, mon
     assert not (out / "checkpoints").exists() or not list((out / "checkpoints").iterdir())
 
 
+def test_bad_value_on_command_line_exits_2_without_traceback(tmp_path, tiny_task):
+    out = tmp_path / "job"
+    args = tiny_overrides(tiny_task, tmp_path / "cache") + ["moe.top_k=0", f"hydra.run.dir={out}"]
+    completed = subprocess.run(
+        [sys.executable, "-m", "emoe_lab", *args], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    assert "emoe_lab: invalid moe.top_k=0: expected an integer >= 1 or 'all'." in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert json.loads((out / RESULTS_FILE).read_text())["status"] == "failed"
+
+
 def test_errors_survive_pickling():
     import pickle
 

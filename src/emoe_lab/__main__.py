@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -17,11 +18,27 @@ CONFIG_DIR = os.environ.get("EMOE_LAB_CONF", str(Path(__file__).resolve().parent
 register_configs()
 
 
+# Exit status of a single job stopped by invalid config or input.
+EXIT_BAD_INPUT = 2
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .errors import ConfigError, MissingPackageError
     from .run import run
 
-    results = run(cfg)
+    try:
+        results = run(cfg)
+    except (ConfigError, MissingPackageError) as error:
+        # A single job's bad input needs its message, not a traceback; run() has written it to
+        # results.json and the log. In a multirun the sweeper records it as a failed cell.
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        print(f"emoe_lab: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
     return results.get("metrics", {}).get(f"validation/{cfg.task.main_metric}")
 
 
