@@ -195,7 +195,7 @@ def test_signal_during_conversion_stops_before_training(tmp_path, tiny_task, mon
     assert not (out / "checkpoints").exists() or not list((out / "checkpoints").iterdir())
 
 
-def test_bad_value_on_command_line_exits_2_without_traceback(tmp_path, tiny_task):
+def test_bad_value_exits_with_status_2(tmp_path, tiny_task):
     out = tmp_path / "job"
     args = tiny_overrides(tiny_task, tmp_path / "cache") + ["moe.top_k=0", f"hydra.run.dir={out}"]
     completed = subprocess.run(

@@ -275,7 +275,7 @@ def lr_study(root: Path, emoe_lrs: dict[int, float], dense_lr: float = 1e-4) -> 
     return root
 
 
-def test_rows_mixing_configs_are_refused(tmp_path, caplog):
+def test_mixed_configs_rejected(tmp_path, caplog):
     root = lr_study(tmp_path / "mixed", {0: 1e-4, 1: 1e-4, 2: 5e-5, 3: 5e-5})
 
     with pytest.raises(ReportInputError, match=r"train\.lr: 0\.0001 in 4 run\(s\).*5e-05 in 2 run") as error:
@@ -300,7 +300,7 @@ def test_where_selects_one_setting(tmp_path):
     assert report_main([str(root), "--no-figures", "--where", "train.lr=0.0001"]) == 0
 
 
-def test_dense_baseline_at_another_budget_is_refused(tmp_path):
+def test_dense_baseline_other_budget_rejected(tmp_path):
     root = lr_study(tmp_path / "mixed", {0: 5e-5, 1: 5e-5}, dense_lr=1e-4)
     with pytest.raises(ReportInputError, match="train.lr"):
         load_results(root)

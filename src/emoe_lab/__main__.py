@@ -33,8 +33,9 @@ def main(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg)
     except (ConfigError, MissingPackageError) as error:
-        # A single job's bad input needs its message, not a traceback; run() has written it to
-        # results.json and the log. In a multirun the sweeper records it as a failed cell.
+        # Print a single job's bad input as one line without a traceback, because run() has
+        # already written the error to results.json and the log. A multirun's sweeper records
+        # it as a failed cell instead.
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
         print(f"emoe_lab: {error}", file=sys.stderr)
