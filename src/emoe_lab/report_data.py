@@ -68,8 +68,8 @@ class RunRecord:
     config: dict[str, Any] = field(default_factory=dict)
 
     def settings(self) -> dict[str, Any]:
-        """The config keys that decide what the run computes: all of them but the seed
-        and the inert ones, and for dense runs none of the expert sections."""
+        """Return the config keys that decide what the run computes: all of them but the
+        seed and the inert ones, and for dense runs none of the expert sections."""
         skip = INERT_SECTIONS + (EXPERT_SECTIONS if self.cell["moe"] == "dense" else ())
         return {
             key: value
@@ -210,11 +210,11 @@ def drop_duplicates(collection: Collection) -> None:
     collection.records = list(best.values())
 
 
-def matches(value: Any, wanted: str) -> bool:
-    """Whether a config value equals `wanted`, a value as written on a command line:
-    `1e-4` matches 0.0001, `true` matches True, `[-1,-3]` matches [-1, -3]."""
-    parsed = yaml.safe_load(wanted)
-    if parsed == value or str(value) == wanted:
+def matches(value: Any, expected: str) -> bool:
+    """Return whether a config value equals `expected`, a value as written on a command
+    line: `1e-4` matches 0.0001, `true` matches True, `[-1,-3]` matches [-1, -3]."""
+    parsed = yaml.safe_load(expected)
+    if parsed == value or str(value) == expected:
         return True
     if isinstance(value, bool) or isinstance(parsed, bool):
         return False
@@ -244,14 +244,14 @@ def select(records: list[RunRecord], where: dict[str, str]) -> list[RunRecord]:
                 f"--where {key}: no results file has this config key. Keys are dotted paths of "
                 "the run config, e.g. train.lr or moe.layers."
             )
-    kept = [
+    selected = [
         record for record in records
         if all(key in record.config and matches(record.config[key], value) for key, value in where.items())
     ]
-    if not kept:
+    if not selected:
         terms = " ".join(f"{key}={value}" for key, value in where.items())
         raise ReportInputError(f"no run matches --where {terms}")
-    return kept
+    return selected
 
 
 @dataclass
@@ -260,7 +260,7 @@ class Conflict:
     be compared with the same dense baseline."""
 
     key: str
-    # value as text -> the runs that have it
+    # Each value, as JSON text, with the runs that have it.
     runs: dict[str, list[Path]]
 
 

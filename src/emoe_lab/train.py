@@ -30,7 +30,7 @@ class TrainingError(RuntimeError):
 
 
 class Interrupted(Exception):
-    """The job received SIGINT or SIGTERM. `where` says how far it got and what was saved."""
+    """The job received SIGINT or SIGTERM. `where` states how far it got and what was saved."""
 
     def __init__(self, signal_name: str, where: str) -> None:
         super().__init__(f"received {signal_name} {where}")
