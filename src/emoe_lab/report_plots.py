@@ -122,11 +122,16 @@ def ablation_figure(
     other_order = FACTORS[series_key][1]
     series = sorted({r.cell[series_key] for r in runs}, key=lambda v: rank_in_order(v, other_order))
 
-    figure = Figure(figsize=(4.2 * len(metrics), 4), layout="tight")
+    figure = Figure(figsize=(4.2 * len(metrics), 4.4), layout="constrained")
     axes = figure.subplots(1, len(metrics), squeeze=False)[0]
     for axis, metric in zip(axes, metrics, strict=True):
         _draw_panel(axis, runs, dense, factor, series_key, levels, series, metric)
-    axes[0].legend(fontsize="small", title=series_key if len(series) > 1 else None)
+    # Below the panels, where the legend cannot cover bars or points.
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(
+        handles, labels, loc="outside lower center", ncols=max(len(labels), 1), fontsize="small",
+        title=series_key if len(series) > 1 else None,
+    )
     figure.suptitle(title)
     return figure
 
