@@ -71,10 +71,10 @@ dashboard: $(STAMP) ## Browse the W&B runs under DIR (default: newest multirun) 
 
 # Benchmarks: each script prints its tables and writes benchmarks/results/<name>.json and .md.
 .PHONY: bench
-bench: $(STAMP) ## Run every benchmark in quick mode into benchmarks/results/ (about 40 minutes on a busy 2-core CPU)
+bench: $(STAMP) ## Run every benchmark into benchmarks/results/ (18.5 minutes on a 2-core CPU; see benchmarks/README.md)
 	$(PY) benchmarks/threads.py
 	$(PY) benchmarks/data_pipeline.py
-	$(PY) benchmarks/clustering.py
+	$(PY) benchmarks/clustering.py --full
 	$(PY) benchmarks/evaluation.py
 	$(PY) benchmarks/step_time.py
 	$(PY) benchmarks/trainer_vs_loop.py
