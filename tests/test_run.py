@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import compose_config, run_job, tiny_overrides
-from emoe_lab.results import RESULTS_FILE
+from emoe_lab.errors import ConfigError
+from emoe_lab.results import FILE_MODE, RESULTS_FILE
 
 
 def test_default_config_is_emoe_on_minilm(tmp_path):
@@ -53,7 +54,9 @@ def test_tiny_emoe_job_writes_results(tmp_path, tiny_task):
         assert sum(layer["expert_sizes"]) == 64
         assert layer["active_fraction"] == pytest.approx(4 / 16)
     assert (out / "config_resolved.yaml").exists()
-    assert not list((out / "checkpoints").glob("*.pt"))
+    assert not (out / "checkpoints").exists()
+    # Readable as a plain open() would create it, not owner-only as a temporary file is.
+    assert (out / RESULTS_FILE).stat().st_mode & 0o777 == FILE_MODE
 
 
 def test_dense_job_records_no_experts(tmp_path, tiny_task):
@@ -132,3 +135,14 @@ def test_other_config_keeps_old_results(tmp_path, tiny_task):
     assert len(kept) == 1
     assert json.loads(kept[0].read_text())["cell"]["seed"] == 0
     assert json.loads((tmp_path / "job" / RESULTS_FILE).read_text())["cell"]["seed"] == 5
+
+
+def test_bad_value_keeps_completed_results(tmp_path, tiny_task):
+    overrides = tiny_overrides(tiny_task, tmp_path / "cache")
+    out = tmp_path / "job"
+    completed = run_job(overrides, out)
+
+    with pytest.raises(ConfigError, match="moe.top_k=0"):
+        run_job(overrides + ["moe.top_k=0"], out)
+    assert json.loads((out / RESULTS_FILE).read_text()) == json.loads(json.dumps(completed))
+    assert not list(out.glob("results.*.json"))

@@ -87,5 +87,9 @@ def load_latest_checkpoint(output_dir: Path) -> dict[str, Any] | None:
 
 
 def remove_checkpoints(output_dir: Path) -> None:
+    """Delete the job's checkpoints, and their folder when nothing else is in it."""
     for path in list_checkpoints(output_dir):
         path.unlink(missing_ok=True)
+    folder = output_dir / CHECKPOINT_DIR
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()

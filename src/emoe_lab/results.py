@@ -15,12 +15,27 @@ SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
 
 
+def _read_umask() -> int:
+    # Reading the umask means setting it, so it is set back at once, here at import time
+    # rather than while other threads may create files.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# The mode that a plain open() gives a new file in this process, e.g. 0o644.
+FILE_MODE = 0o666 & ~_read_umask()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename, so that a crash
     leaves either the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file readable by its owner only. Results are shared files, so
+        # give them the mode a plain open() would, under the process umask.
+        os.chmod(tmp, FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()

@@ -81,6 +81,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if fingerprint(previous.get("config") or {}) == fingerprint(config):
             log.info("Skipping %s: its results.json has status completed", output_dir)
             return previous
+        # Check the new config before moving completed results aside, so that a bad value
+        # leaves them where the report finds them.
+        validate_config(cfg)
         kept = results_path.with_name(f"results.{previous.get('finished_at', 'old')}.json".replace(":", "-"))
         results_path.rename(kept)
         log.warning(

@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..results import atomic_write_text
 from .clusterers import Clustering
 
 log = logging.getLogger(__name__)
@@ -73,12 +72,5 @@ def save_clustering(cache_dir: Path, key: str, clustering: Clustering, seconds: 
     path = cache_path(cache_dir, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     entry = {"labels": clustering.labels.tolist(), "info": clustering.info, "seconds": seconds}
-    descriptor, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(entry, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(entry))
     return path
