@@ -306,6 +306,15 @@ def test_dense_baseline_other_budget_rejected(tmp_path):
         load_results(root)
 
 
+def test_failed_runs_of_other_configs_listed(tmp_path):
+    root = lr_study(tmp_path / "mixed", {0: 1e-4, 1: 1e-4})
+    write_result(root, seed=2, status="failed", folder="typo", config={"train": {"lr": 3.0}})
+
+    collection = load_results(root)
+    assert [record.status for record in collection.records].count("failed") == 1
+    assert row_of(summarise(collection.records), moe="emoe")["n_seeds"] == 2
+
+
 def test_dense_runs_ignore_expert_sections(tmp_path):
     root = tmp_path / "dense"
     for seed, clusterer in enumerate(["balanced_kmeans", "kmeans"]):
@@ -319,11 +328,13 @@ def test_dense_runs_ignore_expert_sections(tmp_path):
         ("train.lr", "is not KEY=VALUE"),
         ("train.rate=1e-4", "no results file has this config key"),
         ("train.lr=3e-4", "no run matches --where train.lr=3e-4"),
+        ("seed=0 --where seed=1", "--where names seed twice"),
     ],
 )
 def test_bad_where_term(tmp_path, caplog, term, message):
     root = lr_study(tmp_path / "mixed", {0: 1e-4, 1: 1e-4})
-    assert report_main([str(root), "--no-figures", "--where", term]) == 2
+    where = [arg for part in term.split(" --where ") for arg in ("--where", part)]
+    assert report_main([str(root), "--no-figures", *where]) == 2
     assert message in caplog.text
 
 

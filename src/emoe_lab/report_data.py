@@ -229,9 +229,15 @@ def parse_where(terms: Sequence[str]) -> dict[str, str]:
     where = {}
     for term in terms:
         key, sep, value = term.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ReportInputError(f"--where {term!r} is not KEY=VALUE, e.g. --where train.lr=1e-4")
-        where[key.strip()] = value.strip()
+        if key in where:
+            raise ReportInputError(
+                f"--where names {key} twice ({where[key]} and {value.strip()}); a run has one "
+                "value per key, so give each key once and report each value separately."
+            )
+        where[key] = value.strip()
     return where
 
 
@@ -338,7 +344,8 @@ def load_results(root: Path, where: Sequence[str] = ()) -> Collection:
         read_one(path, collection)
     if where and collection.records:
         collection.records = select(collection.records, parse_where(where))
-    conflicts = find_conflicts(collection.records)
+    # Only completed runs enter a row's statistics; the others are listed as they are.
+    conflicts = find_conflicts([record for record in collection.records if record.status == "completed"])
     if conflicts:
         raise ReportInputError(conflict_message(conflicts))
     drop_duplicates(collection)
