@@ -83,6 +83,18 @@ def test_bad_data_file_is_rejected(tmp_path, name, content, message):
     assert json.loads((tmp_path / "job" / RESULTS_FILE).read_text())["status"] == "failed"
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("+moe.topk=8", r"invalid moe.topk=8: expected one of the keys .* Did you mean moe.top_k\?"),
+        ("+sed=3", r"invalid sed=3: .* Did you mean seed\?"),
+    ],
+)
+def test_key_added_with_plus_is_rejected(tmp_path, tiny_task, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        run_job(tiny_overrides(tiny_task, tmp_path / "cache") + [extra], tmp_path / "job")
+
+
 def test_nan_loss_fails_with_step_and_advice(tmp_path, tiny_task):
     out = tmp_path / "job"
     overrides = tiny_overrides(tiny_task, tmp_path / "cache") + ["moe=dense", "train.lr=1e30"]

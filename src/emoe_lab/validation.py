@@ -56,8 +56,40 @@ def _check_value(key: str, value: Any, check: Callable[[Any], bool], expected: s
         raise ConfigError(key, value, expected, fix)
 
 
+def _check_known_keys(cfg: Any) -> None:
+    """Raise ConfigError for a key that the schema in emoe_lab.config does not define. The
+    schema rejects a misspelt key at compose time, but Hydra's `+key=value` adds one
+    anyway, and the run would then ignore it."""
+    import dataclasses
+    import difflib
+    import typing
+
+    from .config import Config
+
+    def reject(key: str, known: list[str], prefix: str) -> None:
+        close = difflib.get_close_matches(key, known, n=1)
+        fix = f"Did you mean {prefix}{close[0]}?" if close else f"Remove +{prefix}{key}."
+        value = cfg[prefix.rstrip(".")][key] if prefix else cfg[key]
+        raise ConfigError(f"{prefix}{key}", value, "one of the keys " + ", ".join(known), fix)
+
+    hints = typing.get_type_hints(Config)
+    top_level = [field.name for field in dataclasses.fields(Config)]
+    for key in cfg:
+        if key not in hints:
+            reject(key, top_level, "")
+    for section, schema in hints.items():
+        if not dataclasses.is_dataclass(schema) or section not in cfg:
+            continue
+        known = [field.name for field in dataclasses.fields(schema)]
+        for key in cfg[section]:
+            if key not in known:
+                reject(key, known, f"{section}.")
+
+
 def validate_config(cfg: Any) -> None:
-    """Raise ConfigError for the first config value that is out of range."""
+    """Raise ConfigError for the first config key that the schema does not define or value
+    that is out of range."""
+    _check_known_keys(cfg)
     _check_value("seed", cfg.seed, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0", "")
     for name, check, expected, fix in _TRAIN_CHECKS:
         _check_value(f"train.{name}", cfg.train[name], check, expected, fix)
