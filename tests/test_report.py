@@ -338,6 +338,13 @@ def test_bad_where_term(tmp_path, caplog, term, message):
     assert message in caplog.text
 
 
+def test_unknown_metric_rejected(study, caplog):
+    assert report_main([str(study), "--metric", "test/acuracy"]) == 2
+    assert "--metric test/acuracy: not a metric of these results" in caplog.text
+    assert "test/accuracy" in caplog.text
+    assert not (study / "summary.md").exists()
+
+
 def test_figures_written(study):
     files = write_report(study)
 

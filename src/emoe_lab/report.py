@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from .report_data import Collection, ReportInputError, load_results, summarise, unfinished_cells
+from .report_data import (
+    Collection,
+    ReportInputError,
+    load_results,
+    metric_names,
+    summarise,
+    unfinished_cells,
+)
 from .report_markdown import render_markdown
 from .report_plots import write_figures
 
@@ -47,6 +54,13 @@ def write_report(
     out_dir = Path(out_dir) if out_dir is not None else root
     collection = load_results(root, where)
     summary = summarise(collection.records)
+    known = metric_names(summary)
+    unknown = [metric for metric in figure_metrics if metric not in known]
+    if unknown and known:
+        raise ReportInputError(
+            f"--metric {', '.join(unknown)}: not a metric of these results. They have "
+            f"{', '.join(known)}."
+        )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / SUMMARY_CSV
