@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO, run_job, tiny_overrides
+from emoe_lab.checkpoint import list_checkpoints
 from emoe_lab.errors import ConfigError
 from emoe_lab.results import RESULTS_FILE
 from helpers import write_csv_task
@@ -154,6 +156,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
         "train.max_train_examples=-1",
         "train.batch_size=8",
         "train.checkpoint_every=20",
+        "train.keep_checkpoints_on_success=true",
         "gating=random",
     ]
     reference = _entrypoint(args + [f"hydra.run.dir={tmp_path / 'reference'}"], env)
@@ -182,6 +185,15 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
     assert final["status"] == "completed"
     assert final["metrics"] == expected["metrics"]
     assert final["history"] == expected["history"]
+
+    # The tiny model's metrics can agree by chance (one class predicted everywhere), so
+    # compare the weights after the last step too, which differ if dropout or random
+    # routing drew a different random stream after the resume.
+    last_resumed = torch.load(list_checkpoints(interrupted_dir)[-1], weights_only=False)
+    last_reference = torch.load(list_checkpoints(tmp_path / "reference")[-1], weights_only=False)
+    assert last_resumed["step"] == last_reference["step"]
+    for name, tensor in last_reference["model"].items():
+        assert torch.equal(last_resumed["model"][name], tensor), name
 
 
 def test_signal_during_conversion_stops_before_training(tmp_path, tiny_task, monkeypatch):

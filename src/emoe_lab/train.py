@@ -254,15 +254,18 @@ def fit(
         for epoch in range(state["epoch"], train_cfg.epochs):
             if state["step"] >= total_steps:
                 break
-            order = torch.randperm(
-                len(train_set), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
-            )
+            epoch_generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            order = torch.randperm(len(train_set), generator=epoch_generator)
             batches = [b.tolist() for b in order.split(train_cfg.batch_size)]
+            # Without a generator, each DataLoader iterator draws its worker seed from
+            # torch's global RNG. A run resumed mid-epoch creates one more iterator than
+            # the uninterrupted run, which would shift dropout and random routing.
             loader = DataLoader(
                 train_set,
                 batch_sampler=batches[state["batch_in_epoch"] :],
                 collate_fn=collate,
                 num_workers=train_cfg.num_workers,
+                generator=epoch_generator,
             )
             for batch in loader:
                 loss = _train_step(
