@@ -196,7 +196,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
         assert torch.equal(last_resumed["model"][name], tensor), name
 
 
-def test_signal_during_conversion_stops_before_training(tmp_path, tiny_task, monkeypatch):
+def test_signal_during_conversion_stops_before_training(tmp_path, tiny_task, monkeypatch, caplog):
     from emoe_lab import moe
 
     convert = moe.convert_model
@@ -210,6 +210,7 @@ def test_signal_during_conversion_stops_before_training(tmp_path, tiny_task, mon
     with pytest.raises(SystemExit) as exit_info:
         run_job(tiny_overrides(tiny_task, tmp_path / "cache"), out)
     assert exit_info.value.code == 128 + signal.SIGTERM
+    assert f"To resume, run the same command with hydra.run.dir={out}" in caplog.text
 
     results = json.loads((out / RESULTS_FILE).read_text())
     assert results["status"] == "interrupted"

@@ -70,6 +70,15 @@ def _job_context() -> tuple[Path, list[str], str | None, str]:
     return output_dir, overrides, group, name
 
 
+def _resume_override() -> str:
+    """Return the override that points a rerun at this job's folder. The default folders
+    carry a timestamp, so the same command alone would start a new job."""
+    hydra_cfg = HydraConfig.get()
+    if str(hydra_cfg.mode) == "RunMode.MULTIRUN":
+        return f"hydra.sweep.dir={hydra_cfg.sweep.dir}"
+    return f"hydra.run.dir={hydra_cfg.runtime.output_dir}"
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one job and return its results (the content of `results.json`)."""
     output_dir, overrides, group, name = _job_context()
@@ -106,7 +115,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return recorder.data
     except Interrupted as error:
         recorder.finish("interrupted", error)
-        log.error("Interrupted: %s. Run the same command again to resume.", error)
+        log.error("Interrupted: %s. To resume, run the same command with %s.", error, _resume_override())
         signum = signal.Signals[error.signal_name]
         raise SystemExit(128 + int(signum)) from error
     except BaseException as error:
