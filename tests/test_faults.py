@@ -29,6 +29,11 @@ BAD_CONFIG_VALUES = [
     (["train.device=tpu"], r"train\.device='tpu'"),
     (["train.keep_checkpoints=0"], r"train\.keep_checkpoints=0"),
     (["seed=-1"], r"seed=-1"),
+    (["seed=99999999999"], r"seed=99999999999: expected an integer in 0\.\.2\*\*32-1"),
+    (
+        ["clusterer=dbscan", "clusterer.min_samples=1000"],
+        r"clusterer\.min_samples=1000: expected an integer in 1\.\.64",
+    ),
     (["logger.mode=cloud"], r"logger\.mode='cloud'"),
     (["moe.top_k=0"], r"moe\.top_k=0"),
     (["moe.top_k=99"], r"moe\.top_k=99"),

@@ -90,7 +90,10 @@ def validate_config(cfg: Any) -> None:
     """Raise ConfigError for the first config key that the schema does not define or value
     that is out of range."""
     _check_known_keys(cfg)
-    _check_value("seed", cfg.seed, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0", "")
+    # numpy's global seed must fit in 32 bits.
+    _check_value(
+        "seed", cfg.seed, lambda v: isinstance(v, int) and 0 <= v < 2**32, "an integer in 0..2**32-1", ""
+    )
     for name, check, expected, fix in _TRAIN_CHECKS:
         _check_value(f"train.{name}", cfg.train[name], check, expected, fix)
     for group, name, allowed in _CHOICES:

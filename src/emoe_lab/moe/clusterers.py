@@ -187,7 +187,8 @@ class Dbscan(Clusterer):
                 f"min_samples={min_samples} marks every one of the {len(keys)} neurons as noise",
                 f"Try eps between {low:.3g} and {high:.3g} (the 10% and 90% quantiles of the "
                 f"cosine distance to each neuron's {min_samples}th nearest neighbour), "
-                "eps=search, or a smaller clusterer.min_samples.",
+                + ("" if searched else "eps=search, ")
+                + "or a smaller clusterer.min_samples.",
             )
 
         if noise.any():

@@ -229,18 +229,22 @@ def _validate_clusterer(cfg: Any, num_experts: int, d_ff: int) -> None:
     if name == "hierarchical" and cfg.linkage not in LINKAGES:
         raise ConfigError("clusterer.linkage", cfg.linkage, f"one of {', '.join(LINKAGES)}")
     if name == "dbscan":
-        _validate_dbscan(cfg)
+        _validate_dbscan(cfg, d_ff)
 
 
-def _validate_dbscan(cfg: Any) -> None:
+def _validate_dbscan(cfg: Any, d_ff: int) -> None:
     eps = cfg.eps
     if eps != "search" and not (_is_number(eps) and eps > 0):
         raise ConfigError(
             "clusterer.eps", eps, "a cosine-distance radius > 0 (at most 2 is meaningful) "
             "or 'search'", "Set clusterer.eps=search to pick it from the target expert count.",
         )
-    if not _is_int(cfg.min_samples) or cfg.min_samples < 1:
-        raise ConfigError("clusterer.min_samples", cfg.min_samples, "an integer >= 1")
+    if not _is_int(cfg.min_samples) or not 1 <= cfg.min_samples <= d_ff:
+        raise ConfigError(
+            "clusterer.min_samples", cfg.min_samples,
+            f"an integer in 1..{d_ff} (the layer's d_ff neurons)",
+            "Lower clusterer.min_samples; the default is 5.",
+        )
     if cfg.noise not in NOISE_POLICIES:
         raise ConfigError("clusterer.noise", cfg.noise, f"one of {', '.join(NOISE_POLICIES)}")
 
