@@ -508,7 +508,7 @@ def test_label_outside_train_labels(tmp_path):
     frame.loc[0, "label"] = 7
     frame.to_csv(folder / "test.csv", index=False)
 
-    with pytest.raises(ConfigError, match=r"every label of the test split.*\['7'\]"):
+    with pytest.raises(ConfigError, match=r"Label\(s\) \['7'\] of the test split do not occur"):
         _load(task_config(path=str(folder)), tmp_path)
 
 
@@ -520,7 +520,7 @@ def test_inferred_names_take_no_index(tmp_path):
     frame.loc[0, "label"] = "1"
     frame.to_csv(folder / "test.csv", index=False)
 
-    with pytest.raises(ConfigError, match=r"every label of the test split.*\['1'\]"):
+    with pytest.raises(ConfigError, match=r"Label\(s\) \['1'\] of the test split do not occur"):
         _load(task_config(path=str(folder)), tmp_path)
 
 
@@ -552,8 +552,23 @@ def test_single_class_in_train(tmp_path):
     frame.to_csv(folder / "train.csv", index=False)
     cfg = task_config(path=str(folder), label_names=["a", "b"])
 
-    with pytest.raises(ConfigError, match=r"Train has only \['a'\]"):
+    with pytest.raises(ConfigError, match=r"The 10 train rows have only \['a'\]"):
         _load(cfg, tmp_path)
+
+
+def test_label_missing_from_train_names_row_count(tmp_path):
+    path = tmp_path / "tiny.csv"
+    # Three rows of three labels: each split gets one row, so train lacks two labels.
+    pd.DataFrame({"text": ["good", "bad", "fine"], "label": ["pos", "neg", "mixed"]}).to_csv(
+        path, index=False
+    )
+
+    with pytest.raises(ConfigError) as error:
+        _load(task_config(path=str(path)), tmp_path)
+    message = str(error.value)
+    assert "invalid task.label_names=[]" in message
+    assert "do not occur among the 1 train rows" in message
+    assert "more examples of each label" in message
 
 
 def test_empty_split(tmp_path):

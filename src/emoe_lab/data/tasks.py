@@ -192,6 +192,7 @@ def encode_labels(raw: RawTask, task_cfg: Any) -> tuple[dict[str, pd.DataFrame],
         allow_index = bool(label_names)
         if not label_names:
             label_names = _sorted_label_set(raw.splits["train"]["label"])
+            _check_labels_seen_in_train(raw.splits, label_names)
         encoded = {
             split: frame.assign(label=label_ids(frame["label"], label_names, split, allow_index))
             for split, frame in raw.splits.items()
@@ -255,6 +256,23 @@ def _regression_labels(frame: pd.DataFrame, split: str) -> pd.DataFrame:
     return frame.assign(label=scores.astype(np.float32))
 
 
+def _check_labels_seen_in_train(splits: dict[str, pd.DataFrame], label_names: list[str]) -> None:
+    """Raise ConfigError for a label of another split that the train split, whose labels
+    set the label set when task.label_names is empty, does not contain."""
+    known = set(label_names)
+    for split, frame in splits.items():
+        unseen = sorted(set(frame["label"].map(_label_key)) - known)
+        if unseen:
+            raise ConfigError(
+                "task.label_names", [],
+                "a train split that contains every label, because an empty list takes the "
+                "label set from the train split",
+                f"Label(s) {unseen[:10]} of the {split} split do not occur among the "
+                f"{len(splits['train'])} train rows. Fix those labels, use a data set with "
+                "more examples of each label, or list every label in task.label_names.",
+            )
+
+
 def _check_classes(train: pd.DataFrame, label_names: list[str], task_cfg: Any) -> None:
     if len(label_names) < 2:
         raise ConfigError("task.label_names", label_names, "at least 2 classes",
@@ -263,7 +281,9 @@ def _check_classes(train: pd.DataFrame, label_names: list[str], task_cfg: Any) -
     if len(present) < 2:
         raise ConfigError(
             "task.label_column", task_cfg.label_column,
-            "a train split with at least 2 classes", f"Train has only {present}.",
+            "a train split with at least 2 classes",
+            f"The {len(train)} train rows have only {present}; use a data set with more "
+            "examples of each class, or check task.label_column.",
         )
     if "f1_binary" in task_cfg.metrics and len(label_names) != 2:
         raise ConfigError(
