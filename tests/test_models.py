@@ -390,3 +390,17 @@ def test_smollm2_gguf_cache(tmp_path, capsys):
         model.model.layers[0].mlp.gate_proj.weight, again.model.layers[0].mlp.gate_proj.weight
     )
     assert os.listdir(tmp_path / "models" / "smollm2_135m")
+
+
+@pytest.mark.parametrize("loader", ["tokenizer", "model"])
+def test_hub_folder_without_model_files(tmp_path, loader):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    cfg = model_config("bert", source="hub", pretrained=str(folder))
+    load = {"tokenizer": load_tokenizer, "model": lambda c, d: load_model(c, 2, d)}[loader]
+
+    with pytest.raises(ConfigError) as error:
+        load(cfg, tmp_path / "cache")
+    message = str(error.value)
+    assert f"invalid model.pretrained='{folder}'" in message
+    assert "model=minilm_l6" in message

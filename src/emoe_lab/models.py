@@ -73,13 +73,34 @@ def load_tokenizer(model_cfg: Any, cache_dir: Path) -> PreTrainedTokenizerBase:
     if source == "tiny":
         tokenizer = build_tiny_tokenizer(int(model_cfg.tiny["vocab_size"]), family=model_cfg.family)
     elif source == "hub":
-        tokenizer = AutoTokenizer.from_pretrained(model_cfg.pretrained)
+        with _hub_errors(model_cfg):
+            tokenizer = AutoTokenizer.from_pretrained(model_cfg.pretrained)
     else:
         folder = package_model_folder(model_cfg, Path(cache_dir))
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
     _ensure_pad_token(tokenizer, model_cfg)
     return tokenizer
+
+
+@contextlib.contextmanager
+def _hub_errors(model_cfg: Any) -> Iterator[None]:
+    """Turn the error of a hub model that cannot be downloaded or read (OSError without
+    network, ValueError for a folder without a model config) into a ConfigError that
+    names model.pretrained and the offline models."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            "model.pretrained", model_cfg.pretrained,
+            f"a model on the Hugging Face hub, in the local hub cache, or a local folder "
+            f"(loading it failed: {error})",
+            "Without network access use an offline model (model=minilm_l6 or "
+            "model=smollm2_135m), or set model.pretrained to a folder saved with "
+            "save_pretrained.",
+        ) from error
 
 
 def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model_cfg: Any) -> None:
@@ -181,7 +202,8 @@ def load_model(
             model_cfg.family, num_labels, dict(model_cfg.tiny), seed=0, problem_type=problem_type
         )
     elif source == "hub":
-        model = _load_sequence_classifier(model_cfg.pretrained, num_labels, problem_type)
+        with _hub_errors(model_cfg):
+            model = _load_sequence_classifier(model_cfg.pretrained, num_labels, problem_type)
     else:
         folder = package_model_folder(model_cfg, cache_dir)
         model = _load_sequence_classifier(folder, num_labels, problem_type, local_files_only=True)
