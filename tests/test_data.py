@@ -689,3 +689,41 @@ def test_bbc_news_stratified(tmp_path):
     assert {len(ids) for ids in task.test["input_ids"]} == {64}
     for label, count in Counter(task.test["labels"]).items():
         assert abs(count - total[label] / 10) <= 1
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("latin1.csv", b"text,label\ngood,1\nbad,0\ncaf\xe9,1\n", r"Line 4 is not valid UTF-8 \(byte 0xe9\)"),
+        ("broken.jsonl", b'{"text": "a", "label": 1}\n{"text": "b"\n', r"Line 2 is not valid JSON"),
+        ("list.jsonl", b'{"text": "a", "label": 1}\n[1, 2]\n', r"Line 2 is not a JSON object"),
+    ],
+)
+def test_parse_error_names_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+
+    with pytest.raises(ConfigError, match=message):
+        _load(task_config(path=str(path)), tmp_path)
+
+
+def test_missing_label_column_names_key(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text("text,y\ngood,1\nbad,0\n")
+
+    with pytest.raises(ConfigError) as error:
+        _load(task_config(path=str(path)), tmp_path)
+    message = str(error.value)
+    assert message.startswith("invalid task.label_column='label'")
+    assert "Columns found: ['text', 'y']" in message
+
+
+def test_missing_text_column_names_key(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text("review,label\ngood,1\nbad,0\n")
+
+    with pytest.raises(ConfigError) as error:
+        _load(task_config(path=str(path)), tmp_path)
+    message = str(error.value)
+    assert message.startswith("invalid task.text_columns=['text']")
+    assert "Missing: ['text']" in message

@@ -4,6 +4,7 @@ labels, and the source-file identities that key the tokenised-data cache."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,22 +241,65 @@ def _read_local_table(path: Path, text_columns: list[str], label_column: str) ->
             sep = "\t" if path.suffix == ".tsv" else ","
             # Only empty cells are missing values; a text such as "NA" stays text.
             frame = pd.read_csv(path, sep=sep, keep_default_na=False, na_values=[""])
-    except ValueError as error:  # pandas' ParserError is a ValueError too
+    # pandas' ParserError and UnicodeDecodeError are ValueErrors. read_json raises
+    # TypeError for a line that is valid JSON but not an object.
+    except (ValueError, TypeError) as error:
         raise ConfigError(
             "task.path", str(path), f"a well-formed {path.suffix[1:].upper()} file",
-            f"Parsing failed: {error}",
+            f"Parsing failed: {error}.{_locate_bad_line(path)}",
         ) from error
     if frame.empty:
         raise ConfigError("task.path", str(path), "a file with at least one example row",
                           "The file has a header but no rows.")
 
-    require_columns(frame, [*text_columns, label_column], str(path))
+    _require_task_columns(frame, text_columns, label_column, path)
     frame = frame.rename(columns={label_column: "label"})[[*text_columns, "label"]]
     if frame["label"].isna().any():
         rows = frame.index[frame["label"].isna()].tolist()[:5]
         raise ConfigError("task.label_column", label_column, f"a label in every row of {path}",
                           f"Rows without a label (0-based, first 5): {rows}.")
     return drop_empty_texts(frame, text_columns, str(path))
+
+
+def _locate_bad_line(path: Path) -> str:
+    """Return a sentence naming the first line of `path` that is not UTF-8 or, in a JSONL
+    file, not a JSON object, or "" when each line passes. pandas reports a position within
+    its own read buffer, which does not point into the file."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return (
+                    f" Line {number} is not valid UTF-8 (byte {raw[error.start]:#04x}); "
+                    "save the file as UTF-8."
+                )
+            if path.suffix == ".jsonl" and line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    return f" Line {number} is not valid JSON: {error.msg}."
+                if not isinstance(record, dict):
+                    return f" Line {number} is not a JSON object; write one object per line."
+    return ""
+
+
+def _require_task_columns(
+    frame: pd.DataFrame, text_columns: list[str], label_column: str, path: Path
+) -> None:
+    found = list(frame.columns)
+    if label_column not in frame.columns:
+        raise ConfigError(
+            "task.label_column", label_column, f"a column of {path}",
+            f"Columns found: {found}. Set task.label_column to the column with the labels.",
+        )
+    missing = [column for column in text_columns if column not in frame.columns]
+    if missing:
+        raise ConfigError(
+            "task.text_columns", list(text_columns), f"columns of {path}",
+            f"Missing: {missing}. Columns found: {found}. Set task.text_columns to the "
+            "columns with the texts, e.g. task.text_columns=[text].",
+        )
 
 
 # --- shared checks ------------------------------------------------------------------------
