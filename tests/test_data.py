@@ -727,3 +727,4 @@ def test_missing_text_column_names_key(tmp_path):
     message = str(error.value)
     assert message.startswith("invalid task.text_columns=['text']")
     assert "Missing: ['text']" in message
+    assert "e.g. task.text_columns=[review]" in message

@@ -29,7 +29,7 @@ BAD_CONFIG_VALUES = [
     (["train.device=tpu"], r"train\.device='tpu'"),
     (["train.keep_checkpoints=0"], r"train\.keep_checkpoints=0"),
     (["seed=-1"], r"seed=-1"),
-    (["seed=99999999999"], r"seed=99999999999: expected an integer in 0\.\.2\*\*32-1"),
+    (["seed=99999999999"], r"seed=99999999999: expected an integer in 0\.\.2\*\*32-1\. Set seed"),
     (
         ["clusterer=dbscan", "clusterer.min_samples=1000"],
         r"clusterer\.min_samples=1000: expected an integer in 1\.\.64",
@@ -215,7 +215,8 @@ def test_signal_during_conversion_stops_before_training(tmp_path, tiny_task, mon
     with pytest.raises(SystemExit) as exit_info:
         run_job(tiny_overrides(tiny_task, tmp_path / "cache"), out)
     assert exit_info.value.code == 128 + signal.SIGTERM
-    assert f"To resume, run the same command with hydra.run.dir={out}" in caplog.text
+    hint = f"To resume, run the same command with this override added:\n  hydra.run.dir={out}\n"
+    assert hint in caplog.text
 
     results = json.loads((out / RESULTS_FILE).read_text())
     assert results["status"] == "interrupted"

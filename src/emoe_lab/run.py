@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import signal
 import time
 from collections.abc import Iterator
@@ -75,8 +76,8 @@ def _resume_override() -> str:
     carry a timestamp, so the same command alone would start a new job."""
     hydra_cfg = HydraConfig.get()
     if str(hydra_cfg.mode) == "RunMode.MULTIRUN":
-        return f"hydra.sweep.dir={hydra_cfg.sweep.dir}"
-    return f"hydra.run.dir={hydra_cfg.runtime.output_dir}"
+        return shlex.quote(f"hydra.sweep.dir={hydra_cfg.sweep.dir}")
+    return shlex.quote(f"hydra.run.dir={hydra_cfg.runtime.output_dir}")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -115,7 +116,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return recorder.data
     except Interrupted as error:
         recorder.finish("interrupted", error)
-        log.error("Interrupted: %s. To resume, run the same command with %s.", error, _resume_override())
+        log.error(
+            "Interrupted: %s. To resume, run the same command with this override added:\n  %s",
+            error, _resume_override(),
+        )
         signum = signal.Signals[error.signal_name]
         raise SystemExit(128 + int(signum)) from error
     except BaseException as error:

@@ -92,7 +92,8 @@ def validate_config(cfg: Any) -> None:
     _check_known_keys(cfg)
     # numpy's global seed must fit in 32 bits.
     _check_value(
-        "seed", cfg.seed, lambda v: isinstance(v, int) and 0 <= v < 2**32, "an integer in 0..2**32-1", ""
+        "seed", cfg.seed, lambda v: isinstance(v, int) and 0 <= v < 2**32, "an integer in 0..2**32-1",
+        "Set seed to a small integer such as seed=0.",
     )
     for name, check, expected, fix in _TRAIN_CHECKS:
         _check_value(f"train.{name}", cfg.train[name], check, expected, fix)

@@ -295,10 +295,12 @@ def _require_task_columns(
         )
     missing = [column for column in text_columns if column not in frame.columns]
     if missing:
+        others = [str(column) for column in found if column != label_column]
+        example = f", e.g. task.text_columns=[{others[0]}]" if others else ""
         raise ConfigError(
             "task.text_columns", list(text_columns), f"columns of {path}",
             f"Missing: {missing}. Columns found: {found}. Set task.text_columns to the "
-            "columns with the texts, e.g. task.text_columns=[text].",
+            f"columns with the texts{example}.",
         )
 
 
