@@ -257,8 +257,8 @@ def _regression_labels(frame: pd.DataFrame, split: str) -> pd.DataFrame:
 
 
 def _check_labels_seen_in_train(splits: dict[str, pd.DataFrame], label_names: list[str]) -> None:
-    """Raise ConfigError for a label of another split that the train split, whose labels
-    set the label set when task.label_names is empty, does not contain."""
+    """Raise ConfigError for a label that occurs in another split but not in train. With
+    task.label_names empty, the train split's labels are the label set."""
     known = set(label_names)
     for split, frame in splits.items():
         unseen = sorted(set(frame["label"].map(_label_key)) - known)
