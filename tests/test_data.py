@@ -707,24 +707,31 @@ def test_parse_error_names_line(tmp_path, name, content, message):
         _load(task_config(path=str(path)), tmp_path)
 
 
-def test_missing_label_column_names_key(tmp_path):
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            "text,y\ngood,1\nbad,0\n",
+            ["invalid task.label_column='label'", "Columns found: ['text', 'y']"],
+        ),
+        (
+            "review,label\ngood,1\nbad,0\n",
+            [
+                "invalid task.text_columns=['text']",
+                "Missing: ['text']",
+                "e.g. task.text_columns=[review]",
+            ],
+        ),
+    ],
+    ids=["label_column", "text_columns"],
+)
+def test_missing_column_names_key(tmp_path, content, expected):
     path = tmp_path / "data.csv"
-    path.write_text("text,y\ngood,1\nbad,0\n")
+    path.write_text(content)
 
     with pytest.raises(ConfigError) as error:
         _load(task_config(path=str(path)), tmp_path)
     message = str(error.value)
-    assert message.startswith("invalid task.label_column='label'")
-    assert "Columns found: ['text', 'y']" in message
-
-
-def test_missing_text_column_names_key(tmp_path):
-    path = tmp_path / "data.csv"
-    path.write_text("review,label\ngood,1\nbad,0\n")
-
-    with pytest.raises(ConfigError) as error:
-        _load(task_config(path=str(path)), tmp_path)
-    message = str(error.value)
-    assert message.startswith("invalid task.text_columns=['text']")
-    assert "Missing: ['text']" in message
-    assert "e.g. task.text_columns=[review]" in message
+    assert message.startswith(expected[0])
+    for part in expected[1:]:
+        assert part in message
