@@ -262,9 +262,9 @@ def _read_local_table(path: Path, text_columns: list[str], label_column: str) ->
 
 
 def _locate_bad_line(path: Path) -> str:
-    """Return a sentence naming the first line of `path` that is not UTF-8 or, in a JSONL
-    file, not a JSON object, or "" when each line passes. pandas reports a position within
-    its own read buffer, which does not point into the file."""
+    """Return a sentence naming the first line of `path` that is not UTF-8, or in a JSONL
+    file not a JSON object. Return "" when every line passes. pandas reports a position
+    within its own read buffer, which does not point into the file."""
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
